@@ -1,0 +1,54 @@
+"""Configuration of the reward server: which rewards to host and the request limits."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from shared.config import StrictModel, config_hash
+from shared.images import ImageLimits
+
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+class RewardSpec(StrictModel):
+    """One hosted reward: a registered reward type, its model and how to batch it."""
+
+    type: str = Field(description="registered reward type (see `GET /v1/rewards`) or 'package.module:Class'")
+    model: str | None = Field(default=None, description="hub id or local path given to from_pretrained")
+    device: str = Field(default="auto", description="'auto' (cuda if available), 'cpu', 'cuda:0', ...")
+    dtype: Dtype = Field(default="auto", description="'auto' = bfloat16 on cuda, float32 on cpu")
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="most samples per model call")
+    max_wait_ms: float = Field(default=5.0, ge=0, le=10_000, description="how long a batch waits to fill")
+    options: dict[str, Any] = Field(default_factory=dict, description="reward-specific options")
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes scores (not the batching knobs)."""
+        return config_hash({"type": self.type, "model": self.model, "dtype": self.dtype, "options": self.options})
+
+
+class LimitsConfig(StrictModel):
+    """Bounds on what one request may ask for."""
+
+    max_body_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, description="largest request body")
+    max_samples_per_request: int = Field(default=1024, ge=1)
+    max_image_side: int = Field(default=4096, ge=8)
+    max_image_pixels: int = Field(default=4096 * 4096, ge=64)
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(max_side=self.max_image_side, max_pixels=self.max_image_pixels)
+
+
+class ServerConfig(StrictModel):
+    """Top level of ``rewards.yaml``."""
+
+    rewards: dict[str, RewardSpec] = Field(description="reward name -> spec")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    request_timeout_s: float = Field(default=600.0, gt=0, description="longest a request may wait for scores")
+
+    @model_validator(mode="after")
+    def _some_rewards(self) -> ServerConfig:
+        if not self.rewards:
+            raise ValueError("the config hosts no rewards: add at least one entry under `rewards:`")
+        return self

@@ -1,0 +1,1 @@
+"""Model loaders and tensor helpers shared between rewards (torch is imported lazily by callers)."""
