@@ -1,0 +1,1 @@
+"""Flow-GRPO trainer for multi-reference flow-matching image generators."""
