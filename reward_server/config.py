@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from shared.config import StrictModel, config_hash
 from shared.images import ImageLimits
+from shared.queue import QueueSettings
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 
@@ -46,6 +47,9 @@ class ServerConfig(StrictModel):
     rewards: dict[str, RewardSpec] = Field(description="reward name -> spec")
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     request_timeout_s: float = Field(default=600.0, gt=0, description="longest a request may wait for scores")
+    queue: QueueSettings = Field(
+        default_factory=QueueSettings, description="Redis queue settings (used by `psr serve --redis` and `psr worker`)"
+    )
 
     @model_validator(mode="after")
     def _some_rewards(self) -> ServerConfig:

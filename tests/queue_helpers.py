@@ -1,0 +1,177 @@
+"""Test helpers for the Redis queue: a real redis-server on a free loopback port, worker processes.
+
+Import the fixtures into a test module (``from tests.queue_helpers import redis_server``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from shared import queue as q
+
+REPO = Path(__file__).resolve().parents[1]
+REDIS_BIN = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+needs_redis = pytest.mark.skipif(not Path(REDIS_BIN).exists(), reason="redis-server is not installed")
+
+# Short timings so fault tests finish in seconds (validated like any config).
+FAST_QUEUE = {
+    "visibility_timeout_s": 1.5,
+    "heartbeat_interval_s": 0.25,
+    "worker_ttl_s": 1.0,
+    "max_attempts": 2,
+    "outage_grace_s": 3.0,
+}
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition", every: float = 0.02) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A throw-away redis-server bound to loopback; can be stopped and started again (same port)."""
+
+    def __init__(self, workdir: Path, persistent: bool = False):
+        self.port = free_port()
+        self.workdir = workdir
+        self.persistent = persistent
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--dir", str(self.workdir), "--appendonly", "yes" if self.persistent else "no"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        try:
+            wait_for(lambda: self._ping(client), 10, "redis-server to answer PING")
+        finally:
+            client.close()
+
+    @staticmethod
+    def _ping(client: redis.Redis) -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=5)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if not Path(REDIS_BIN).exists():
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def write_config(path: Path, rewards: dict[str, dict], queue: dict | None = None, **extra: Any) -> Path:
+    path.write_text(yaml.safe_dump({"rewards": rewards, "queue": {**FAST_QUEUE, **(queue or {})}, **extra}))
+    return path
+
+
+class WorkerProcess:
+    """``python -m shared.cli worker ...`` as a subprocess, logging to a file."""
+
+    def __init__(self, config: Path, url: str, log_dir: Path, rewards: str = "", extra: list[str] | None = None):
+        self.log_path = log_dir / f"worker-{time.monotonic_ns()}.log"
+        args = [sys.executable, "-m", "shared.cli", "--log-level", "INFO", "worker", "--config", str(config),
+                "--redis", url]
+        if rewards:
+            args += ["--rewards", rewards]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.log = self.log_path.open("w")
+        self.proc = subprocess.Popen(args + (extra or []), cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def registered(self, client: redis.Redis, reward: str) -> bool:
+        members = client.zrange(q.workers_key(reward), 0, -1)
+        return any(f":{self.pid}:".encode() in m for m in members)
+
+    def consumer(self, client: redis.Redis, reward: str) -> str | None:
+        for m in client.zrange(q.workers_key(reward), 0, -1):
+            if f":{self.pid}:".encode() in m:
+                return m.decode()
+        return None
+
+    def held_jobs(self, client: redis.Redis, reward: str) -> int:
+        name = self.consumer(client, reward)
+        if name is None:
+            return 0
+        try:
+            info = client.xpending_range(q.jobs_stream(reward), q.GROUP, "-", "+", 100, consumername=name)
+        except redis.ResponseError:
+            return 0
+        return len(info)
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Factory: ``start_worker(config, url, rewards="a,b")``; every worker is killed at teardown."""
+    procs: list[WorkerProcess] = []
+
+    def _start(config: Path, url: str, rewards: str = "", extra: list[str] | None = None) -> WorkerProcess:
+        proc = WorkerProcess(config, url, tmp_path, rewards, extra)
+        procs.append(proc)
+        return proc
+
+    yield _start
+    for proc in procs:
+        proc.stop()
