@@ -194,13 +194,15 @@ class RewardConsumer:
             return None
 
     def claim(self) -> None:
-        """Take over jobs idle longer than the visibility timeout (their worker is gone)."""
+        """Take over a job idle longer than the visibility timeout (its worker is gone)."""
         now = time.monotonic()
-        if now < self._next_claim:
+        if self._retries or now < self._next_claim:
             return
         self._next_claim = now + max(0.2, self.settings.visibility_timeout_s / 4)
         vis_ms = int(self.settings.visibility_timeout_s * 1000)
-        resp = self.r.xautoclaim(self.stream, q.GROUP, self.worker_id, vis_ms, start_id="0-0", count=self.max_batch)
+        # One job at a time: a job claimed but not yet tried must not be charged a delivery when
+        # the poison job claimed with it crashes this worker too.
+        resp = self.r.xautoclaim(self.stream, q.GROUP, self.worker_id, vis_ms, start_id="0-0", count=1)
         for msg_id, fields in resp[1] if len(resp) > 1 else []:
             if fields is None:  # deleted entry still pending (Redis 6)
                 self._ack([msg_id])
@@ -212,6 +214,7 @@ class RewardConsumer:
                 log.warning("reward %s: claimed job %s (delivery %d)", self.name, delivery.job.id, attempts)
                 m.RETRIES.labels(self.name).inc()
                 self._retries.append(delivery)
+                self._next_claim = 0.0  # there may be more: look again right after this one
 
     def next_batch(self) -> list[Delivery]:
         """Claimed jobs one at a time; otherwise fill a batch up to max size or max wait."""
@@ -379,6 +382,7 @@ class Worker:
         self.settings = settings
         self.worker_id = worker_id or make_worker_id()
         self.stop = threading.Event()
+        self._finished = threading.Event()
         self.consumers = [
             RewardConsumer(client, reward, settings, self.worker_id, self.stop, limits) for reward in rewards.values()
         ]
@@ -408,19 +412,21 @@ class Worker:
             except (*REDIS_ERRORS, redis.ResponseError) as exc:
                 wait = min(backoff.next(), self.settings.heartbeat_interval_s)
                 log.warning("heartbeat failed (%s); retrying in %.1fs", exc, wait)
-            if self.stop.wait(wait):
+            if self._finished.wait(wait):  # beats on while a stopping worker finishes its batch
                 return
 
     def run(self) -> None:
         """Serve until ``request_stop``; returns after every consumer finished its held jobs."""
-        threads = [threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)]
-        threads += [threading.Thread(target=c.run, name=f"consumer-{c.name}", daemon=True) for c in self.consumers]
-        for t in threads:
+        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        threads = [threading.Thread(target=c.run, name=f"consumer-{c.name}", daemon=True) for c in self.consumers]
+        for t in [beat, *threads]:
             t.start()
         log.info("worker %s serving %s", self.worker_id, ", ".join(self.rewards))
         while any(t.is_alive() for t in threads):
             for t in threads:
                 t.join(timeout=0.2)
+        self._finished.set()
+        beat.join(timeout=5)
         self._deregister()
         log.info("worker %s stopped", self.worker_id)
 

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 CHECK_EVERY_S = 0.5  # how often a waiter re-checks liveness, lost data and missed results
 REFRESH_EVERY_S = 0.5  # how often the worker registry is re-read
+REPLY_BLOCK_MS = 500  # longest the result reader blocks (bounds close())
 
 
 class QueueError(RuntimeError):
@@ -96,6 +97,7 @@ class QueueProducer:
         self.last_error = ""
         self._waiting: dict[str, asyncio.Future[q.JobResult]] = {}
         self._tasks: list[asyncio.Task] = []
+        self._closing = False
 
     async def start(self) -> None:
         with contextlib.suppress(*REDIS_ERRORS):
@@ -104,16 +106,19 @@ class QueueProducer:
                        asyncio.create_task(self._refresh_loop(), name="psr-registry")]
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Stop the background loops (they finish their current call; cancelling redis-py
+        mid-command can leave its pool waiting forever) and drop the reply stream."""
+        self._closing = True
         for fut in self._waiting.values():
             fut.cancel()
-        with contextlib.suppress(*REDIS_ERRORS):
-            await self.r.delete(self.reply)
-        await self.r.aclose()
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=3.0)
+            for task in pending:
+                task.cancel()
+        with contextlib.suppress(*REDIS_ERRORS, asyncio.TimeoutError):
+            await asyncio.wait_for(self.r.delete(self.reply), 1.0)
+        with contextlib.suppress(*REDIS_ERRORS, asyncio.TimeoutError):
+            await asyncio.wait_for(self.r.aclose(), 1.0)
 
     # -- registry ---------------------------------------------------------------------------
     def alive(self, reward: str) -> bool:
@@ -143,7 +148,7 @@ class QueueProducer:
         self.state = state
 
     async def _refresh_loop(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(REFRESH_EVERY_S)
             try:
                 await self.refresh()
@@ -162,9 +167,9 @@ class QueueProducer:
     async def _follow_replies(self) -> None:
         last = b"0-0"
         delay = 0.05
-        while True:
+        while not self._closing:
             try:
-                resp = await self.r.xread({self.reply: last}, count=512, block=1000)
+                resp = await self.r.xread({self.reply: last}, count=512, block=REPLY_BLOCK_MS)
                 self.outage_since, delay = None, 0.05
                 for _stream, entries in resp or []:
                     for msg_id, fields in entries:

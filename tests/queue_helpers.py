@@ -71,7 +71,8 @@ class RedisServer:
     def start(self) -> None:
         args = [REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--dir", str(self.workdir), "--appendonly", "yes" if self.persistent else "no"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with (self.workdir / f"redis-{self.port}.log").open("a") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         try:
             wait_for(lambda: self._ping(client), 10, "redis-server to answer PING")
@@ -85,9 +86,10 @@ class RedisServer:
         except redis.ConnectionError:
             return False
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        """SIGKILL: a crash; SIGTERM: a clean shutdown (the append-only file is synced)."""
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+            self.proc.send_signal(sig)
             self.proc.wait(10)
         self.proc = None
 
@@ -148,7 +150,8 @@ class WorkerProcess:
         return len(info)
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text()
 
     def stop(self, sig: int = signal.SIGKILL) -> None:
@@ -175,3 +178,75 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     yield _start
     for proc in procs:
         proc.stop()
+        print(f"--- worker {proc.pid} (exit {proc.proc.returncode}):\n{proc.output()[-3000:]}")  # shown on failure
+
+
+class Front:
+    """A ``ScoringService`` on a ``RedisBackend``, driven from a private event loop in a thread.
+
+    Tests call ``submit(request)`` (a concurrent future) and keep their own thread free for
+    polling and for killing processes.
+    """
+
+    def __init__(self, config_path: Path, url: str, timeout_s: float = 30.0):
+        import asyncio
+        import threading
+
+        from reward_server.config import ServerConfig
+        from reward_server.redis_backend import RedisBackend
+        from reward_server.registry import build_rewards
+        from reward_server.service import ScoringService
+        from shared.config import load_config
+
+        config = load_config(ServerConfig, config_path)
+        rewards = build_rewards(config)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.backend = RedisBackend(url, rewards, config.queue, timeout_s)
+        self.service = ScoringService(rewards, self.backend)
+        self.call(self.backend.start())
+
+    def call(self, coro: Any, timeout: float = 60.0) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def submit(self, request: Any) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(self.service.score(request), self.loop)
+
+    def close(self) -> None:
+        import asyncio
+
+        try:
+            self.call(self.backend.close(), timeout=15)
+        except TimeoutError:
+            async def dump() -> None:
+                for task in asyncio.all_tasks():
+                    task.print_stack()
+            self.call(dump())
+            raise
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+def score_request(prompts: list[str], rewards: dict[str, float], side: int = 8) -> Any:
+    """A request with one small grey raw image per prompt."""
+    import numpy as np
+
+    from shared.images import encode_image
+    from shared.protocol import ScoreRequest
+
+    image = encode_image(np.full((side, side, 3), 100, np.uint8))
+    return ScoreRequest.model_validate({"rewards": rewards, "samples": [{"image": image, "prompt": p} for p in prompts]})
+
+
+def fixed_cost_score(prompt: str) -> float:
+    """What the ``fixed_cost`` reward gives a prompt (its documented rule)."""
+    return len(prompt) % 10 / 10.0
+
+
+def stored_results(client: redis.Redis) -> list[q.JobResult]:
+    return [q.JobResult.decode(client.get(k)) for k in client.scan_iter(match=q.result_key("*"))]
