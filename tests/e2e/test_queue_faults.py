@@ -15,16 +15,11 @@ import pytest
 from reward_server.service import RewardUnavailable
 from shared import queue as q
 from shared.protocol import unpack
-from tests.queue_helpers import (  # noqa: F401  (fixtures)
-    Front,
-    fixed_cost_score,
-    redis_server,
-    score_request,
-    start_worker,
-    stored_results,
-    wait_for,
-    write_config,
-)
+from tests import queue_helpers
+from tests.queue_helpers import Front, fixed_cost_score, score_request, stored_results, wait_for, write_config
+
+redis_server = queue_helpers.redis_server  # fixtures
+start_worker = queue_helpers.start_worker
 
 pytestmark = pytest.mark.slow
 
