@@ -1,0 +1,86 @@
+"""Batched image preprocessing as tensor work on the model's device.
+
+Images arrive as (H, W, 3) uint8 arrays of possibly different sizes. They are copied to the
+device as uint8 (cheap), and resizing/cropping/normalising happens there, one interpolate
+call per group of equally-sized images rather than a Python loop over PIL images.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize the short side to ``resize``, centre-crop ``crop`` x ``crop``, normalise."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    mode: str = "bicubic"
+
+
+def to_device_uint8(images: Sequence[np.ndarray | torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Move (H, W, 3) uint8 images to ``device`` as (3, H, W) uint8 tensors."""
+    out = []
+    for image in images:
+        tensor = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))
+        out.append(tensor.to(device, non_blocking=True).permute(2, 0, 1))
+    return out
+
+
+def _resize_crop(batch: torch.Tensor, spec: Preprocess) -> torch.Tensor:
+    """(N, 3, H, W) float in [0, 1] -> (N, 3, crop, crop)."""
+    height, width = batch.shape[-2:]
+    scale = spec.resize / min(height, width)
+    new_h, new_w = max(spec.crop, round(height * scale)), max(spec.crop, round(width * scale))
+    if (new_h, new_w) != (height, width):
+        batch = F.interpolate(batch, size=(new_h, new_w), mode=spec.mode, align_corners=False, antialias=True)
+    top, left = (new_h - spec.crop) // 2, (new_w - spec.crop) // 2
+    return batch[..., top : top + spec.crop, left : left + spec.crop].clamp_(0.0, 1.0)
+
+
+def preprocess_batch(
+    images: Sequence[np.ndarray | torch.Tensor],
+    spec: Preprocess,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Preprocess images of any sizes into one normalised (N, 3, crop, crop) tensor on ``device``."""
+    if not images:
+        return torch.empty(0, 3, spec.crop, spec.crop, device=device, dtype=dtype)
+    tensors = to_device_uint8(images, device)
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, t in enumerate(tensors):
+        groups[tuple(t.shape[-2:])].append(i)
+    out = torch.empty(len(tensors), 3, spec.crop, spec.crop, device=device, dtype=torch.float32)
+    for indices in groups.values():
+        batch = torch.stack([tensors[i] for i in indices]).float().div_(255.0)
+        out[indices] = _resize_crop(batch, spec)
+    mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
+    return ((out - mean) / std).to(dtype)
+
+
+def crop_boxes(image: np.ndarray, boxes: Sequence[Sequence[float]], min_side: int = 2) -> list[np.ndarray]:
+    """Cut (x0, y0, x1, y1) pixel boxes out of an (H, W, 3) image, clamped to its bounds."""
+    height, width = image.shape[:2]
+    crops = []
+    for x0, y0, x1, y1 in boxes:
+        left, top = int(max(0, min(width - 1, np.floor(x0)))), int(max(0, min(height - 1, np.floor(y0))))
+        right = int(max(left + min_side, min(width, np.ceil(x1))))
+        bottom = int(max(top + min_side, min(height, np.ceil(y1))))
+        crops.append(image[top:bottom, left:right])
+    return crops
