@@ -20,7 +20,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reward_server.models.preprocess import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocess, preprocess_batch
+from reward_server.models.preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocess,
+    preprocess_batch,
+)
 
 EmbedderKind = Literal["dino", "dinov2", "clip"]
 
