@@ -52,10 +52,14 @@ def random_image(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def make_sample(rng: np.random.Generator, index: int, size: tuple[int, int] = (48, 48), n_subjects: int = 2) -> Sample:
+def make_sample(
+    rng: np.random.Generator, index: int, size: tuple[int, int] = (48, 48), n_subjects: int = 2
+) -> Sample:
     """A complete sample: image, prompt and subjects with reference images."""
     subjects = tuple(
-        Subject(CATEGORIES[(index + j) % len(CATEGORIES)], random_image(rng, *SIZES[(index + j + 1) % len(SIZES)]))
+        Subject(
+            CATEGORIES[(index + j) % len(CATEGORIES)], random_image(rng, *SIZES[(index + j + 1) % len(SIZES)])
+        )
         for j in range(n_subjects)
     )
     return Sample(image=random_image(rng, *size), prompt=PROMPTS[index % len(PROMPTS)], subjects=subjects)
@@ -67,7 +71,10 @@ def to_wire(sample: Sample) -> SampleIn:
         image=encode_image(sample.image, "raw"),
         prompt=sample.prompt,
         subjects=[
-            SubjectIn(category=s.category, reference=None if s.reference is None else encode_image(s.reference, "raw"))
+            SubjectIn(
+                category=s.category,
+                reference=None if s.reference is None else encode_image(s.reference, "raw"),
+            )
             for s in sample.subjects
         ],
         metadata=dict(sample.metadata),

@@ -33,7 +33,9 @@ class TestRed(RewardContract):
 
 
 def test_fixed_cost_fails_and_errors_on_request() -> None:
-    reward = FixedCostReward("slow", RewardSpec(type="fixed_cost", options={"fail_on": "boom", "error_on": "bad"}))
+    reward = FixedCostReward(
+        "slow", RewardSpec(type="fixed_cost", options={"fail_on": "boom", "error_on": "bad"})
+    )
     reward.load()
     image = np.zeros((2, 2, 3), np.uint8)
     results = reward.score([Sample(image=image, prompt="abc"), Sample(image=image, prompt="a bad one")])
