@@ -15,8 +15,8 @@ AESTHETIC_HEAD_PTH = "aesthetic_head.pth"
 
 # Words whose BPE merges the tiny vocabulary learns, so common prompts become few tokens.
 _WORDS = (
-    "a an the of on in and with to next left right above below dog cat cup hat toy re"
-    "d blue green sofa beach garden robot teddy bear wearing holding sitting two three backpack"
+    "a an the of on in and with to next left right above below dog cat cup hat toy "
+    "red blue green sofa beach garden robot teddy bear wearing holding sitting two three backpack"
 )
 
 
