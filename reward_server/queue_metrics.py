@@ -43,9 +43,27 @@ RETRIES = _make(Counter, "psr_queue_retries_total", "jobs claimed from a dead or
 DEAD_LETTERS = _make(Counter, "psr_queue_dead_letters_total", "jobs given up after max_attempts", ("reward",))
 REDIS_ERRORS = _make(Counter, "psr_queue_redis_errors_total", "Redis connection errors seen", ("side",))
 
-# Front side.
-QUEUE_DEPTH = _make(Gauge, "psr_queue_depth", "jobs waiting or in flight in a reward's stream", ("reward",))
-LIVE_WORKERS = _make(Gauge, "psr_queue_live_workers", "workers with a recent heartbeat", ("reward",))
-REQUEST_SECONDS = _make(Histogram, "psr_queue_request_seconds", "front: enqueue to all results in",
-                        ("reward",), buckets=_LATENCY_BUCKETS)
-REJECTED = _make(Counter, "psr_queue_rejected_total", "requests refused by the per-caller queue limit", ())
+
+
+class FrontQueueCollector:
+    """Front-side gauges read live from a ``RedisBackend`` at scrape time (for the app's registry)."""
+
+    def __init__(self, backend: Any, limiter: Any = None):
+        self.backend = backend
+        self.limiter = limiter
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        workers = GaugeMetricFamily("psr_queue_live_workers", "workers with a recent heartbeat", labels=["reward"])
+        for name, n in self.backend.workers().items():
+            workers.add_metric([name], n)
+        depth = GaugeMetricFamily("psr_queue_jobs_waiting", "jobs queued or in flight in a reward's stream",
+                                  labels=["reward"])
+        for name, n in self.backend.queued().items():
+            depth.add_metric([name], n)
+        yield workers
+        yield depth
+        if self.limiter is not None:
+            yield CounterMetricFamily("psr_queue_rejected", "requests refused by the per-caller queue limit",
+                                      value=self.limiter.rejected)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from reward_server import queue_metrics as m
 from reward_server.rewards.base import Reward, ScoreResult
 from reward_server.service import RewardUnavailable
 from shared import queue as q
@@ -25,7 +24,7 @@ class QueueUnavailable(RewardUnavailable):
     """Redis is unreachable or lost the request (503)."""
 
 
-class ScoreTimeout(RewardUnavailable):
+class ScoreTimeout(TimeoutError):
     """The workers did not answer before the request timeout (504)."""
 
 
@@ -63,7 +62,6 @@ class RedisBackend:
             await self.producer.start()
 
     def ready(self) -> dict[str, bool]:
-        self._update_gauges()
         return {name: self.producer.alive(name) for name in self.rewards}
 
     def workers(self) -> dict[str, int]:
@@ -74,12 +72,6 @@ class RedisBackend:
     def queued(self) -> dict[str, int]:
         """Reward -> jobs waiting or in flight in its stream."""
         return {name: (st.depth if (st := self.producer.state.get(name)) else 0) for name in self.rewards}
-
-    def _update_gauges(self) -> None:
-        for name, n in self.workers().items():
-            m.LIVE_WORKERS.labels(name).set(n)
-        for name, depth in self.queued().items():
-            m.QUEUE_DEPTH.labels(name).set(depth)
 
     async def enqueue(self, request: ScoreRequest, rewards: list[str]) -> Submission:
         """Store the samples once and enqueue the jobs; returns without waiting."""
@@ -101,9 +93,6 @@ class RedisBackend:
             raise QueueUnavailable(str(exc)) from exc
         except QueueTimeout as exc:
             raise ScoreTimeout(str(exc)) from exc
-        for name, res in results.items():
-            if res:
-                m.REQUEST_SECONDS.labels(name).observe(max(r.finished for r in res) - min(r.enqueued for r in res))
         return {name: to_score_results(res) for name, res in results.items()}
 
     async def run(

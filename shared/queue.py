@@ -189,9 +189,19 @@ def _checked(data: bytes, what: str) -> dict[str, Any]:
     return msg
 
 
+def _wire_image(image: Any) -> Any:
+    return image.model_dump() if hasattr(image, "model_dump") else image
+
+
 def encode_wire_sample(sample: Any) -> bytes:
     """Pack one ``SampleIn`` (images kept as sent: PNG/JPEG bytes or raw) for the blob list."""
-    return pack(sample.model_dump(mode="python"))
+    return pack({
+        "image": _wire_image(sample.image),
+        "prompt": sample.prompt,
+        "subjects": [{"category": s.category, "reference": None if s.reference is None else _wire_image(s.reference)}
+                     for s in sample.subjects],
+        "metadata": sample.metadata,
+    })  # fmt: skip
 
 
 def pack_description(desc: dict[str, Any]) -> bytes:
