@@ -221,29 +221,37 @@ class RewardConsumer:
         self.claim()
         if self._retries:
             return [self._retries.popleft()]
-        batch: list[Delivery] = list(self._carry)
+        incoming = list(self._carry)
         self._carry.clear()
-        if not batch:
-            batch = self._read(self.max_batch, READ_BLOCK_MS)
-            if not batch:
+        if not incoming:
+            incoming = self._read(self.max_batch, READ_BLOCK_MS)
+            if not incoming:
                 return []
-        size = sum(d.job.size for d in batch)
+        batch: list[Delivery] = []
+        self._fill(batch, incoming)
         deadline = time.monotonic() + self.max_wait
         # Redis resolves short BLOCK timeouts only every 1/hz (100 ms): poll without blocking instead.
-        while size < self.max_batch and not self._carry:
-            got = self._read(self.max_batch - size, None)
-            for d in got:
-                if size + d.job.size <= self.max_batch and not self._carry:
-                    batch.append(d)
-                    size += d.job.size
-                else:
-                    self._carry.append(d)
+        while not self._carry and self._size(batch) < self.max_batch:
+            got = self._read(self.max_batch - self._size(batch), None)
+            self._fill(batch, got)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             if not got:
                 time.sleep(min(POLL_S, remaining))
         return batch
+
+    @staticmethod
+    def _size(batch: list[Delivery]) -> int:
+        return sum(d.job.size for d in batch)
+
+    def _fill(self, batch: list[Delivery], incoming: list[Delivery]) -> None:
+        """Move deliveries into ``batch`` while they fit (a lone oversized job still goes); keep the rest."""
+        for d in incoming:
+            if not self._carry and (not batch or self._size(batch) + d.job.size <= self.max_batch):
+                batch.append(d)
+            else:
+                self._carry.append(d)
 
     # -- scoring ---------------------------------------------------------------------------
     def process(self, batch: list[Delivery]) -> None:

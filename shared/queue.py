@@ -129,7 +129,7 @@ class Job:
     def decode(cls, data: bytes) -> Job:
         msg = _checked(data, "job")
         try:
-            return cls(**{k: msg[k] for k in cls.__dataclass_fields__})
+            return cls(**{k: msg[k] for k in cls.__dataclass_fields__ if k in msg})
         except (KeyError, TypeError) as exc:
             raise MessageError(f"malformed job message: {exc!r}") from exc
 
@@ -166,7 +166,7 @@ class JobResult:
     def decode(cls, data: bytes) -> JobResult:
         msg = _checked(data, "result")
         try:
-            result = cls(**{k: msg[k] for k in cls.__dataclass_fields__})
+            result = cls(**{k: msg[k] for k in cls.__dataclass_fields__ if k in msg})
         except (KeyError, TypeError) as exc:
             raise MessageError(f"malformed result message: {exc!r}") from exc
         if not (len(result.scores) == len(result.errors) == len(result.details)):
