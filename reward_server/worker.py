@@ -224,15 +224,17 @@ class RewardConsumer:
         incoming = list(self._carry)
         self._carry.clear()
         if not incoming:
-            incoming = self._read(self.max_batch, READ_BLOCK_MS)
+            incoming = self._read(1, READ_BLOCK_MS)
             if not incoming:
                 return []
         batch: list[Delivery] = []
         self._fill(batch, incoming)
         deadline = time.monotonic() + self.max_wait
-        # Redis resolves short BLOCK timeouts only every 1/hz (100 ms): poll without blocking instead.
-        while not self._carry and self._size(batch) < self.max_batch:
-            got = self._read(self.max_batch - self._size(batch), None)
+        # Read only as many jobs as should fit (judged by the last one's size): jobs read but not
+        # scored would wait here while other workers idle. Redis resolves short BLOCK timeouts
+        # only every 1/hz (100 ms), so the wait for more is a poll without blocking.
+        while not self._carry and (room := self.max_batch - self._size(batch)) >= batch[-1].job.size:
+            got = self._read(room // max(1, batch[-1].job.size), None)
             self._fill(batch, got)
             remaining = deadline - time.monotonic()
             if remaining <= 0:

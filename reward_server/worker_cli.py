@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -18,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Start as many as you like, on any machine that reaches Redis.",
     )
     p.add_argument("--config", required=True, help="rewards.yaml (the same file the front uses)")
-    p.add_argument("--redis", required=True, help="redis://[:password@]host:port/db or rediss:// for TLS")
+    p.add_argument("--redis", default=os.environ.get("PSR_REDIS_URL"),
+                   help="redis://[:password@]host:port/db, or rediss:// for TLS (default: $PSR_REDIS_URL)")
     p.add_argument("--rewards", default="", help="comma-separated reward names to host (default: all)")
     p.add_argument("--device", default=None, help="override every hosted reward's device, e.g. cuda:0")
     p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0: off)")
@@ -33,6 +35,9 @@ def run_worker(args: argparse.Namespace) -> int:
     from reward_server.worker import Worker, connect_sync
     from shared.config import ConfigError, load_config
 
+    if not args.redis:
+        print("psr worker: give --redis URL (or set PSR_REDIS_URL)", file=sys.stderr)
+        return 2
     try:
         config = load_config(ServerConfig, args.config, args.overrides)
         if args.device:

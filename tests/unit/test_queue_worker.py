@@ -166,6 +166,7 @@ def test_malformed_entries_are_dead_lettered_not_retried(r):
     r.xadd(q.jobs_stream("fc"), {q.FIELD: pack({"v": 99})})
     r.xadd(q.jobs_stream("fc"), {"other": b"x"})
     c.step()
+    c.step()
     assert r.xlen(q.jobs_stream("fc")) == 0 and r.xlen(q.dead_stream("fc")) == 2
     reasons = [unpack(f[q.FIELD.encode()])["reason"] for _, f in r.xrange(q.dead_stream("fc"))]
     assert "version 99" in reasons[0] and "no job field" in reasons[1]
