@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from reward_server.config import RewardSpec
+from reward_server.consumer import Delivery, RewardConsumer
 from reward_server.rewards.synthetic import FixedCostReward
-from reward_server.worker import Delivery, RewardConsumer
 from shared import queue as q
 from shared.images import encode_image
 from shared.protocol import SampleIn, pack, unpack
