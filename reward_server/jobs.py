@@ -95,6 +95,9 @@ def make_jobs_router(
             raise HTTPException(422, str(exc)) from exc
         except RewardUnavailable as exc:
             raise HTTPException(503, str(exc)) from exc
+        limiter = getattr(service.backend, "limiter", None)
+        if limiter is not None:  # refuse now (429) rather than fail the job later
+            limiter.check(CURRENT_CALLER.get(), len(body.samples))
         job_id = q.new_id()
         base = {"id": job_id, "caller": CURRENT_CALLER.get(), "created": time.time(), "samples": len(body.samples)}
         await store.put(job_id, {**base, "status": "pending"}, ttl_s)

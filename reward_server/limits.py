@@ -30,6 +30,14 @@ class CallerLimiter:
         self._lock = threading.Lock()
         self.rejected = 0
 
+    def check(self, caller: str, n: int) -> None:
+        """Raise ``QueueFull`` if ``reserve(caller, n)`` would, without counting anything."""
+        with self._lock:
+            queued = self._queued.get(caller, 0)
+            if queued and queued + n > self.max_samples:
+                self.rejected += 1
+                raise QueueFull(caller, queued, self.max_samples, self.retry_after_s)
+
     def reserve(self, caller: str, n: int) -> None:
         """Count ``n`` samples for ``caller`` or raise ``QueueFull``. A request larger than the
         limit is let through when the caller has nothing queued (it could never pass otherwise)."""

@@ -150,6 +150,8 @@ def test_queue_length_per_caller_is_limited_with_429_and_retry_after(stack):
     refused = httpx.post(f"{url}/v1/score", json=body, headers=_auth(KEY_A))
     assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
     assert "alice" in refused.json()["detail"] and "limit 6" in refused.json()["detail"]
+    refused_job = httpx.post(f"{url}/v1/jobs", json=body, headers=_auth(KEY_A))
+    assert refused_job.status_code == 429 and refused_job.headers["retry-after"] == "1"
     other = httpx.post(f"{url}/v1/score", json=body, headers=_auth(KEY_B), timeout=30)  # bob has his own share
     thread.join(30)
     assert other.status_code == 200 and first["r"].status_code == 200
