@@ -1,26 +1,37 @@
 """Test helpers for the Redis queue: a real redis-server on a free loopback port, worker processes.
 
-Import the fixtures into a test module (``from tests.queue_helpers import redis_server``).
+Use the fixtures in a test module with ``redis_server = queue_helpers.redis_server``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
 import yaml
 
+from reward_server.config import ServerConfig
+from reward_server.redis_backend import RedisBackend
+from reward_server.registry import build_rewards, load_rewards
+from reward_server.service import ScoringService
+from reward_server.worker import Worker, connect_sync
 from shared import queue as q
+from shared.config import load_config
+from shared.images import encode_image
+from shared.protocol import ScoreRequest
 
 REPO = Path(__file__).resolve().parents[1]
 REDIS_BIN = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -28,10 +39,11 @@ REDIS_BIN = shutil.which("redis-server") or "/usr/bin/redis-server"
 needs_redis = pytest.mark.skipif(not Path(REDIS_BIN).exists(), reason="redis-server is not installed")
 
 # Short timings so fault tests finish in seconds (validated like any config).
+# Margins (8 heartbeats per TTL/visibility timeout) keep a loaded CI machine from looking like dead workers.
 FAST_QUEUE = {
-    "visibility_timeout_s": 1.5,
+    "visibility_timeout_s": 2.0,
     "heartbeat_interval_s": 0.25,
-    "worker_ttl_s": 1.0,
+    "worker_ttl_s": 2.0,
     "max_attempts": 2,
     "outage_grace_s": 3.0,
 }
@@ -189,15 +201,6 @@ class Front:
     """
 
     def __init__(self, config_path: Path, url: str, timeout_s: float = 30.0):
-        import asyncio
-        import threading
-
-        from reward_server.config import ServerConfig
-        from reward_server.redis_backend import RedisBackend
-        from reward_server.registry import build_rewards
-        from reward_server.service import ScoringService
-        from shared.config import load_config
-
         config = load_config(ServerConfig, config_path)
         rewards = build_rewards(config)
         self.loop = asyncio.new_event_loop()
@@ -208,37 +211,19 @@ class Front:
         self.call(self.backend.start())
 
     def call(self, coro: Any, timeout: float = 60.0) -> Any:
-        import asyncio
-
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def submit(self, request: Any) -> Any:
-        import asyncio
-
         return asyncio.run_coroutine_threadsafe(self.service.score(request), self.loop)
 
     def close(self) -> None:
-        import asyncio
-
-        try:
-            self.call(self.backend.close(), timeout=15)
-        except TimeoutError:
-            async def dump() -> None:
-                for task in asyncio.all_tasks():
-                    task.print_stack()
-            self.call(dump())
-            raise
+        self.call(self.backend.close(), timeout=15)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
 
 
 def score_request(prompts: list[str], rewards: dict[str, float], side: int = 8) -> Any:
     """A request with one small grey raw image per prompt."""
-    import numpy as np
-
-    from shared.images import encode_image
-    from shared.protocol import ScoreRequest
-
     image = encode_image(np.full((side, side, 3), 100, np.uint8))
     return ScoreRequest.model_validate({"rewards": rewards, "samples": [{"image": image, "prompt": p} for p in prompts]})
 
@@ -256,13 +241,6 @@ class ThreadWorker:
     """A real ``Worker`` on threads of the test process (faster to start than a subprocess)."""
 
     def __init__(self, config_path: Path, url: str, only: list[str] | None = None):
-        import threading
-
-        from reward_server.config import ServerConfig
-        from reward_server.registry import build_rewards, load_rewards
-        from reward_server.worker import Worker, connect_sync
-        from shared.config import load_config
-
         config = load_config(ServerConfig, config_path)
         rewards = build_rewards(config, only)
         load_rewards(rewards)
