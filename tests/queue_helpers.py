@@ -70,22 +70,26 @@ def free_port() -> int:
 class RedisServer:
     """A throw-away redis-server bound to loopback; can be stopped and started again (same port)."""
 
-    def __init__(self, workdir: Path, persistent: bool = False):
+    def __init__(self, workdir: Path, persistent: bool = False, password: str | None = None):
         self.port = free_port()
         self.workdir = workdir
         self.persistent = persistent
+        self.password = password
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         args = [REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--dir", str(self.workdir), "--appendonly", "yes" if self.persistent else "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
         with (self.workdir / f"redis-{self.port}.log").open("a") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
         try:
             wait_for(lambda: self._ping(client), 10, "redis-server to answer PING")
         finally:
@@ -106,7 +110,7 @@ class RedisServer:
         self.proc = None
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=5)
+        return redis.Redis(port=self.port, password=self.password, socket_connect_timeout=1, socket_timeout=5)
 
 
 @pytest.fixture

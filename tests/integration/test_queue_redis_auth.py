@@ -1,0 +1,39 @@
+"""A password-protected Redis: the URL carries the password; a wrong one is a clear error, not a hang."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shared import queue as q
+from shared.queue_producer import QueueError, QueueProducer, connect
+from tests.queue_helpers import Front, RedisServer, ThreadWorker, needs_redis, score_request, write_config
+
+
+@needs_redis
+def test_password_in_the_url_is_used_and_a_wrong_one_is_refused_clearly(tmp_path):
+    server = RedisServer(tmp_path, password="s3cret-" + "p" * 16)
+    server.start()
+    try:
+        cfg = write_config(tmp_path / "rewards.yaml", {"bright": {"type": "brightness"}})
+        with ThreadWorker(cfg, server.url):
+            front = Front(cfg, server.url, timeout_s=10)
+            try:
+                answer = front.submit(score_request(["a"], {"bright": 1.0})).result(10)
+            finally:
+                front.close()
+        assert answer.errors == [] and answer.scores["bright"] == [pytest.approx(100 / 255)]
+
+        async def wrong_password() -> None:
+            producer = QueueProducer(connect(server.url.replace("s3cret", "wrong")), q.QueueSettings())
+            await producer.start()
+            try:
+                with pytest.raises(QueueError, match=r"(?i)password|auth"):
+                    await producer.submit([b"x"], {"bright": 1}, timeout_s=5)
+            finally:
+                await producer.close()
+
+        asyncio.run(wrong_password())
+    finally:
+        server.stop()
