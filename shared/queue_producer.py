@@ -52,12 +52,16 @@ class QueueTimeout(TimeoutError):
     """The results did not arrive before the caller's deadline."""
 
 
-def connect(url: str) -> aioredis.Redis:
-    """An asyncio Redis client for ``redis://`` or ``rediss://`` (TLS) URLs, with bounded socket waits."""
-    return aioredis.Redis.from_url(
-        url, socket_connect_timeout=3, socket_timeout=10, health_check_interval=10, socket_keepalive=True,
-        retry=Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), 2),
+def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
+    """An asyncio Redis client for ``redis://`` or ``rediss://`` (TLS) URLs with bounded socket waits.
+
+    A burst of requests waits for one of ``max_connections`` connections instead of failing.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=20, socket_connect_timeout=3, socket_timeout=10,
+        health_check_interval=10, socket_keepalive=True, retry=Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), 2),
     )  # fmt: skip
+    return aioredis.Redis.from_pool(pool)
 
 
 @dataclass
