@@ -1,4 +1,4 @@
-"""A password-protected Redis: the URL carries the password; a wrong one is a clear error, not a hang."""
+"""Redis specifics: a password in the URL, a wrong one refused clearly, bursts beyond the pool size."""
 
 from __future__ import annotations
 
@@ -37,3 +37,29 @@ def test_password_in_the_url_is_used_and_a_wrong_one_is_refused_clearly(tmp_path
         asyncio.run(wrong_password())
     finally:
         server.stop()
+
+
+@needs_redis
+def test_a_burst_larger_than_the_connection_pool_waits_instead_of_failing(tmp_path):
+    server = RedisServer(tmp_path)
+    server.start()
+    cfg = write_config(tmp_path / "rewards.yaml", {"bright": {"type": "brightness", "max_batch_size": 64}})
+    sample = q.encode_wire_sample(score_request(["p"], {"bright": 1.0}).samples[0])
+
+    async def burst() -> list:
+        producer = QueueProducer(connect(server.url, max_connections=3), q.QueueSettings(), ["bright"])
+        await producer.start()
+        try:
+            async def one():
+                sub = await producer.submit([sample], {"bright": 1}, timeout_s=20)
+                return await producer.wait(sub, 20)
+            return await asyncio.gather(*(one() for _ in range(40)))
+        finally:
+            await producer.close()
+
+    try:
+        with ThreadWorker(cfg, server.url):
+            answers = asyncio.run(burst())
+    finally:
+        server.stop()
+    assert len(answers) == 40 and all(a["bright"][0].scores == [pytest.approx(100 / 255)] for a in answers)
