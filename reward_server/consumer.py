@@ -1,8 +1,9 @@
 """One reward's stream on a worker: read, batch, score, write results, acknowledge.
 
-Batches fill up to ``max_batch_size`` samples or ``max_wait_ms``; jobs claimed from a dead
-worker (XAUTOCLAIM after ``visibility_timeout_s``) are scored one per batch, and a job delivered
-more than ``max_attempts`` times is dead-lettered and answered as a failure with the reason.
+Batches fill up to ``max_batch_size`` samples or ``max_wait_ms``. Jobs of a dead worker are
+claimed after ``visibility_timeout_s`` one at a time (XPENDING IDLE + XCLAIM: what XAUTOCLAIM
+does, but exact about the oldest idle entry and its delivery count) and scored one per batch; a
+job delivered more than ``max_attempts`` times is dead-lettered and answered as a failure.
 Results that could not be written (Redis down) are kept and written once Redis is back.
 """
 
@@ -180,20 +181,27 @@ class RewardConsumer:
         self._next_claim = now + max(0.2, self.settings.visibility_timeout_s / 4)
         vis_ms = int(self.settings.visibility_timeout_s * 1000)
         # One job at a time: a job claimed but not yet tried must not be charged a delivery when
-        # the poison job claimed with it crashes this worker too.
-        resp = self.r.xautoclaim(self.stream, q.GROUP, self.worker_id, vis_ms, start_id="0-0", count=1)
-        for msg_id, fields in resp[1] if len(resp) > 1 else []:
-            if fields is None:  # deleted entry still pending (Redis 6)
-                self._ack([msg_id])
-                continue
-            info = self.r.xpending_range(self.stream, q.GROUP, min=msg_id, max=msg_id, count=1)
-            attempts = int(info[0]["times_delivered"]) if info else 2
-            delivery = self._parse(msg_id, fields, attempts)
-            if delivery is not None:
-                log.warning("reward %s: claimed job %s (delivery %d)", self.name, delivery.job.id, attempts)
-                m.RETRIES.labels(self.name).inc()
-                self._retries.append(delivery)
-                self._next_claim = 0.0  # there may be more: look again right after this one
+        # the poison job claimed with it crashes this worker too. XPENDING IDLE finds the oldest
+        # idle entry anywhere in the pending list; XCLAIM's min-idle check loses any race cleanly.
+        idle = self.r.xpending_range(self.stream, q.GROUP, min="-", max="+", count=1, idle=vis_ms)
+        if not idle:
+            return
+        msg_id = idle[0]["message_id"]
+        claimed = self.r.xclaim(self.stream, q.GROUP, self.worker_id, vis_ms, [msg_id])
+        if not claimed:  # another worker was faster, or the entry is gone
+            return
+        fields = claimed[0][1]
+        if fields is None:  # deleted entry still pending (Redis 6)
+            self._ack([msg_id])
+            return
+        attempts = int(idle[0]["times_delivered"]) + 1
+        delivery = self._parse(msg_id, fields, attempts)
+        if delivery is not None:
+            log.warning("reward %s: claimed job %s from %s (delivery %d)", self.name, delivery.job.id,
+                        idle[0]["consumer"].decode(errors="replace"), attempts)
+            m.RETRIES.labels(self.name).inc()
+            self._retries.append(delivery)
+            self._next_claim = 0.0  # there may be more: look again right after this one
 
     def next_batch(self) -> list[Delivery]:
         """Claimed jobs one at a time; otherwise fill a batch up to max size or max wait."""

@@ -8,7 +8,10 @@ import pytest
 
 from shared import queue as q
 from shared.queue_producer import QueueError, QueueProducer, connect
+from tests import queue_helpers
 from tests.queue_helpers import Front, RedisServer, ThreadWorker, needs_redis, score_request, write_config
+
+redis_server = queue_helpers.redis_server  # fixture
 
 
 @needs_redis
@@ -63,3 +66,21 @@ def test_a_burst_larger_than_the_connection_pool_waits_instead_of_failing(tmp_pa
     finally:
         server.stop()
     assert len(answers) == 40 and all(a["bright"][0].scores == [pytest.approx(100 / 255)] for a in answers)
+
+
+def test_claims_find_a_dead_workers_job_behind_many_live_ones_on_real_redis(redis_server):
+    """Real Redis scans only 10 x COUNT pending entries per XAUTOCLAIM call; our claim must not."""
+    from tests.unit.test_queue_worker import _age, _consumer, _enqueue, _reward
+
+    r = redis_server.client()
+    live = _consumer(r, _reward(max_batch=1), name="live")
+    _enqueue(r, [f"p{i}" for i in range(30)], chunk=1)
+    for _ in range(30):
+        live._read(1, None)
+    dead = _consumer(r, _reward(), name="dead")
+    job = _enqueue(r, ["lost"], chunk=1)[0]
+    dead._read(1, None)
+    _age(r, dead)
+    other = _consumer(r, _reward(), name="other")
+    other.claim()
+    assert [(d.job.id, d.attempts) for d in other._retries] == [(job.id, 2)]

@@ -45,10 +45,10 @@ def _enqueue(r, prompts: list[str], chunk: int, reward="fc", front="front", dead
 
 def _age(r, consumer: RewardConsumer, seconds: float = 60) -> None:
     """Make every entry the consumer holds look idle for ``seconds`` (as if its worker died)."""
-    pending = r.xpending_range(consumer.stream, q.GROUP, "-", "+", 100)
+    pending = r.xpending_range(consumer.stream, q.GROUP, "-", "+", 100, consumername=consumer.worker_id)
     ids = [p["message_id"] for p in pending]
     if ids:  # JUSTID: does not count a delivery
-        r.xclaim(consumer.stream, q.GROUP, pending[0]["consumer"], 0, ids, idle=int(seconds * 1000), justid=True)
+        r.xclaim(consumer.stream, q.GROUP, consumer.worker_id, 0, ids, idle=int(seconds * 1000), justid=True)
 
 
 def _results(r, front="front") -> list[q.JobResult]:
@@ -202,3 +202,18 @@ def test_results_survive_a_redis_error_and_are_written_on_the_next_step(r, monke
 def test_delivery_keeps_the_message_id_for_acknowledgement():
     job = q.Job("j", "r", "fc", 0, 1, "f")
     assert Delivery(b"1-0", job).attempts == 1
+
+
+def test_a_dead_workers_job_is_found_behind_many_live_ones(r):
+    """The claim scan is not limited to the first entries of the pending list."""
+    live = _consumer(r, _reward(max_batch=1), name="live")
+    _enqueue(r, [f"p{i}" for i in range(30)], chunk=1)
+    for _ in range(30):
+        live._read(1, None)
+    dead = _consumer(r, _reward(), name="dead")
+    job = _enqueue(r, ["lost"], chunk=1)[0]
+    dead._read(1, None)
+    _age(r, dead)
+    other = _consumer(r, _reward(), name="other")
+    other.claim()
+    assert [d.job.id for d in other._retries] == [job.id]
