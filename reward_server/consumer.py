@@ -343,12 +343,17 @@ class RewardConsumer:
                 entry = pack({"job": asdict(d.job), "reason": dead_reason, "worker": self.worker_id,
                               "attempts": d.attempts, "time": time.time()})
                 pipe.xadd(q.dead_stream(self.name), {q.FIELD: entry}, maxlen=s.max_stream_length, approximate=True)
+        ids = [d.msg_id for d, _, _ in items]
+        pipe.xack(self.stream, q.GROUP, *ids)  # same round trip: results and acks succeed or are retried together
+        pipe.xdel(self.stream, *ids)
         try:
             pipe.execute()
         except REDIS_ERRORS:
-            self._unwritten = list(items)
+            if items is not self._unwritten:
+                self._unwritten.extend(items)  # SET NX and the front's dedup make a rewrite harmless
             raise
-        self._ack([d.msg_id for d, _, _ in items])
+        with self._lock:
+            self.inflight.difference_update(ids)
         now = time.time()
         for d, result, dead_reason in items:
             outcome = "dead_letter" if dead_reason else ("ok" if all(e is None for e in result.errors) else "failed")
