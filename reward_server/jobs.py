@@ -32,10 +32,13 @@ class MemoryJobStore:
 
     def __init__(self) -> None:
         self._records: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._puts = 0
 
     async def put(self, job_id: str, record: dict[str, Any], ttl_s: float) -> None:
         now = time.monotonic()
-        self._records = {k: v for k, v in self._records.items() if v[0] > now}
+        self._puts += 1
+        if self._puts % 256 == 0:  # prune now and then, not on every write
+            self._records = {k: v for k, v in self._records.items() if v[0] > now}
         self._records[job_id] = (now + ttl_s, record)
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
