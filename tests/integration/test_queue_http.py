@@ -156,3 +156,20 @@ def test_queue_length_per_caller_is_limited_with_429_and_retry_after(stack):
     thread.join(30)
     assert other.status_code == 200 and first["r"].status_code == 200
     assert httpx.post(f"{url}/v1/score", json=body, headers=_auth(KEY_A), timeout=30).status_code == 200  # freed
+
+
+def test_jobs_route_on_the_embedded_backend_without_keys(tmp_path):
+    cfg = write_config(tmp_path / "rewards.yaml", {"bright": {"type": "brightness"}})
+    app = create_app(load_config(ServerConfig, cfg))
+    install_front(app, api_keys={})
+    good = {"rewards": {"bright": 1.0}, "samples": [{"image": {"format": "raw", "shape": [1, 1, 3], "data": "////"}}]}
+    bad = {"rewards": {"bright": 1.0}, "samples": [{"image": {"format": "raw", "shape": [2, 2, 3], "data": "AAAA"}}]}
+    with BackgroundServer(app) as url:
+        wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 30, "the embedded server")
+        ids = [httpx.post(f"{url}/v1/jobs", json=body).json()["id"] for body in (good, bad)]
+        records = [wait_for(lambda i=i: (r := httpx.get(f"{url}/v1/jobs/{i}").json())["status"] != "pending" and r,
+                            10, "the job to finish") for i in ids]
+        assert httpx.get(f"{url}/v1/jobs/unknown").status_code == 404
+    assert records[0]["status"] == "done" and records[0]["result"]["scores"] == {"bright": [1.0]}
+    assert records[1]["status"] == "failed" and records[1]["code"] == 422
+    assert "samples[0].image" in records[1]["error"]
