@@ -54,6 +54,7 @@ class JudgeOptions(StrictModel):
     concurrency: int = Field(default=8, ge=1, le=1024, description="openai: most requests in flight")
     timeout_s: float = Field(default=120.0, gt=0, description="openai: per-request timeout")
     max_retries: int = Field(default=2, ge=0, le=10, description="openai: retries on 408/429/5xx/connection errors")
+    retry_backoff_s: float = Field(default=0.5, ge=0, description="openai: first retry delay, doubled each retry")
     max_tokens: int = Field(default=32, ge=1, description="openai: answer length limit")
     image_format: Literal["jpeg", "png"] = Field(default="jpeg", description="openai: how images are sent")
 
@@ -101,7 +102,7 @@ class VlmJudgeReward(Reward):
 
             self.judge = EndpointJudge(
                 opts.endpoint, self.spec.model, opts.api_key_env, opts.concurrency, opts.timeout_s,
-                opts.max_retries, opts.max_tokens, opts.image_format,
+                opts.max_retries, opts.max_tokens, opts.image_format, opts.retry_backoff_s,
             )
         else:
             from reward_server.models.judge import TransformersJudge
