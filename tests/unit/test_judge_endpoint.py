@@ -143,5 +143,5 @@ def test_unreachable_endpoint_is_a_failure_not_a_crash():
 
 
 def test_openai_backend_needs_an_endpoint():
-    with pytest.raises(ValueError, match="needs options.endpoint"):
+    with pytest.raises(ValueError, match=r"needs options\.endpoint"):
         VlmJudgeReward("judge", RewardSpec(type="vlm_judge", model="m", options={"backend": "openai"}))
