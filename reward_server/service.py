@@ -12,11 +12,10 @@ import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from reward_server.batching import DynamicBatcher
+from reward_server.rewards.base import Reward, ScoreResult
 from shared.images import ImageLimits
 from shared.protocol import InvalidRequest, Sample, SampleError, ScoreRequest, ScoreResponse, decode_samples
-
-from reward_server.batching import BatchObserver, DynamicBatcher
-from reward_server.rewards.base import Reward, ScoreResult
 
 
 class RewardUnavailable(RuntimeError):

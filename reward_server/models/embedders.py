@@ -20,7 +20,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reward_server.models.preprocess import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocess, preprocess_batch
+from reward_server.models.preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocess,
+    preprocess_batch,
+)
 
 EmbedderKind = Literal["dino", "dinov2", "clip"]
 
@@ -35,17 +42,17 @@ class ImageEmbedder:
         if kind == "dino":
             from transformers import ViTModel
 
-            self.model = ViTModel.from_pretrained(model_path, add_pooling_layer=False, torch_dtype=dtype)
+            self.model = ViTModel.from_pretrained(model_path, add_pooling_layer=False, dtype=dtype)
             size, mean, std = self.model.config.image_size, IMAGENET_MEAN, IMAGENET_STD
         elif kind == "dinov2":
             from transformers import Dinov2Model
 
-            self.model = Dinov2Model.from_pretrained(model_path, torch_dtype=dtype)
+            self.model = Dinov2Model.from_pretrained(model_path, dtype=dtype)
             size, mean, std = min(224, self.model.config.image_size), IMAGENET_MEAN, IMAGENET_STD
         elif kind == "clip":
             from transformers import CLIPModel
 
-            self.model = CLIPModel.from_pretrained(model_path, torch_dtype=dtype)
+            self.model = CLIPModel.from_pretrained(model_path, dtype=dtype)
             size, mean, std = self.model.config.vision_config.image_size, CLIP_MEAN, CLIP_STD
         else:
             raise ValueError(f"unknown embedder kind {kind!r}; use dino, dinov2 or clip")

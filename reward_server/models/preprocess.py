@@ -41,6 +41,19 @@ def to_device_uint8(images: Sequence[np.ndarray | torch.Tensor], device: torch.d
     return out
 
 
+def _stack_to_device(images: Sequence[np.ndarray | torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Equally sized (H, W, 3) uint8 images -> one (N, 3, H, W) uint8 tensor on ``device``.
+
+    Host arrays are stacked first so the batch crosses to the GPU in one copy, not one per image.
+    """
+    if all(isinstance(image, np.ndarray) for image in images):
+        shape = (len(images), *images[0].shape)
+        host = torch.empty(shape, dtype=torch.uint8, pin_memory=device.type == "cuda")
+        np.stack(images, out=host.numpy())
+        return host.to(device, non_blocking=True).permute(0, 3, 1, 2)
+    return torch.stack(to_device_uint8(images, device))
+
+
 def _resize_crop(batch: torch.Tensor, spec: Preprocess) -> torch.Tensor:
     """(N, 3, H, W) float in [0, 1] -> (N, 3, crop, crop)."""
     height, width = batch.shape[-2:]
@@ -61,13 +74,12 @@ def preprocess_batch(
     """Preprocess images of any sizes into one normalised (N, 3, crop, crop) tensor on ``device``."""
     if not images:
         return torch.empty(0, 3, spec.crop, spec.crop, device=device, dtype=dtype)
-    tensors = to_device_uint8(images, device)
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, t in enumerate(tensors):
-        groups[tuple(t.shape[-2:])].append(i)
-    out = torch.empty(len(tensors), 3, spec.crop, spec.crop, device=device, dtype=torch.float32)
+    for i, image in enumerate(images):
+        groups[tuple(image.shape[:2])].append(i)
+    out = torch.empty(len(images), 3, spec.crop, spec.crop, device=device, dtype=torch.float32)
     for indices in groups.values():
-        batch = torch.stack([tensors[i] for i in indices]).float().div_(255.0)
+        batch = _stack_to_device([images[i] for i in indices], device).float().div_(255.0)
         out[indices] = _resize_crop(batch, spec)
     mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
