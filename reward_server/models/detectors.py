@@ -14,9 +14,9 @@ category words to look for; it returns, per image, ``{category: [Detection, ...]
   gives (``hint["boxes"] = {category: [[x0, y0, x1, y1, (score)], ...]}``), so reward logic can be
   tested on known boxes and precomputed detections can be replayed.
 
-Both model kinds run the whole batch in chunks of ``batch_size`` and apply per-category NMS,
-keeping at most ``max_per_category`` boxes: duplicate boxes of one object must not be able to
-serve as two different subjects.
+Both model kinds batch images of equal size together (chunks of ``batch_size``; padding would
+make a sample's boxes depend on its batch-mates) and apply per-category NMS, keeping at most
+``max_per_category`` boxes: duplicate boxes of one object must not serve as two subjects.
 """
 
 from __future__ import annotations
@@ -117,16 +117,22 @@ class Detector:
         if len(images) != len(categories):
             raise ValueError(f"{len(images)} images but {len(categories)} category lists")
         hints = list(hints) if hints is not None else [None] * len(images)
-        # Chunks hold images of equal size where possible: padding a batch to its largest image
-        # changes what DETR-style detectors see, so like is batched with like.
-        order = sorted(range(len(images)), key=lambda i: images[i].shape[:2])
+        # Only images of one size share a forward pass: padding a batch to its largest image
+        # changes what DETR-style detectors see, and a sample's boxes must not depend on which
+        # other samples it was batched with. (Generated images of a rollout share one size.)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(tuple(image.shape[:2]), []).append(i)
         out: list[Detections | None] = [None] * len(images)
         step = self.opts.batch_size
-        for start in range(0, len(order), step):
-            chunk = order[start : start + step]
-            found = self._detect_chunk([images[i] for i in chunk], [categories[i] for i in chunk], [hints[i] for i in chunk])
-            for i, result in zip(chunk, found, strict=True):
-                out[i] = result
+        for indices in groups.values():
+            for start in range(0, len(indices), step):
+                chunk = indices[start : start + step]
+                found = self._detect_chunk(
+                    [images[i] for i in chunk], [categories[i] for i in chunk], [hints[i] for i in chunk]
+                )
+                for i, result in zip(chunk, found, strict=True):
+                    out[i] = result
         return out  # type: ignore[return-value]
 
     def _detect_chunk(

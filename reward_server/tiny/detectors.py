@@ -69,7 +69,23 @@ def write_owlv2(path: Path) -> Path:
 
 
 def write(root: Path) -> dict[str, dict]:
-    """Write both detectors under ``root``; the reward entries that use them come with the embedders."""
-    write_grounding_dino(root / "grounding-dino")
-    write_owlv2(root / "owlv2")
-    return {}
+    """Write both detectors; the subject rewards embed with the tiny DINO/DINOv2 of ``tiny/vision.py``."""
+    from reward_server.tiny.vision import DINO_DIR, DINOV2_DIR
+
+    gd, owl = write_grounding_dino(root / "grounding-dino"), write_owlv2(root / "owlv2")
+    batching = {"device": "cpu", "max_batch_size": 16, "max_wait_ms": 2}
+    return {
+        "subject": {
+            "type": "subject_consistency",
+            "model": str(root / DINO_DIR),
+            **batching,
+            "options": {"detector": {"kind": "grounding_dino", "model": str(gd)}, "embedder": "dino"},
+        },
+        "subject_owl": {
+            "type": "subject_consistency",
+            "model": str(root / DINOV2_DIR),
+            **batching,
+            "options": {"detector": {"kind": "owlv2", "model": str(owl)}, "embedder": "dinov2"},
+        },
+        "position": {"type": "position", **batching, "options": {"detector": {"kind": "grounding_dino", "model": str(gd)}}},
+    }
