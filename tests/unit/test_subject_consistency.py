@@ -122,3 +122,44 @@ def test_bad_fixed_boxes_are_a_clear_error(dino):
     with pytest.raises(ValueError, match="not inside"):
         reward.score([sample(image, [("dog", patch(1))], {"dog": [[0, 0, 500, 10]]})])
     assert reward.score([]) == []
+
+
+def test_shared_references_are_processed_once_and_cached(dino):
+    reward = make_reward(dino, reference_crop="detect")
+    a, b = patch(1), patch(2)
+    image, boxes = scene([(a, (10, 10)), (b, (100, 100))])
+    group = [sample(image, [("dog", a), ("cat", b)], {"dog": [boxes[0]], "cat": [boxes[1]]}) for _ in range(6)]
+    first = reward.score(group)
+    assert reward.last_counts == {"crops": 6 * 2 + 2, "new_references": 2, "cached_references": 0}
+    second = reward.score(group)
+    assert reward.last_counts == {"crops": 6 * 2, "new_references": 0, "cached_references": 2}
+    assert [r.score for r in first] == [r.score for r in second] == pytest.approx([1.0] * 6, abs=1e-5)
+    # a box given for the reference changes its crop, so it is a different cache entry
+    given = sample(image, [("dog", a), ("cat", b)], {"dog": [boxes[0]]}, reference_boxes=[[0, 0, 16, 16], None])
+    reward.score([given])
+    assert reward.last_counts["new_references"] == 1 and reward.last_counts["cached_references"] == 1
+
+
+def test_cache_disabled_gives_the_same_scores(dino):
+    cached, uncached = make_reward(dino), make_reward(dino, reference_cache_size=0)
+    a, b = patch(1), patch(2)
+    image, boxes = scene([(b, (10, 10)), (a, (100, 90))])
+    batch = [sample(image, [("dog", a), ("dog", b)], {"dog": boxes})] * 2
+    for _ in range(2):
+        assert [r.score for r in cached.score(batch)] == [r.score for r in uncached.score(batch)]
+    assert len(uncached.cache) == 0 and len(cached.cache) == 2 and cached.cache.hits >= 2
+
+
+def test_lru_cache_evicts_the_oldest():
+    from reward_server.rewards._references import ReferenceCache, ReferenceEntry, reference_key
+
+    cache = ReferenceCache(2)
+    entry = ReferenceEntry(box=None, embedding=np.zeros(2))
+    keys = [reference_key(patch(i), "dog", None) for i in range(3)]
+    assert len(set(keys)) == 3 and reference_key(patch(0), "cat", None) != keys[0]
+    assert reference_key(patch(0), "dog", [0, 0, 4, 4]) != keys[0]
+    cache.put(keys[0], entry)
+    cache.put(keys[1], entry)
+    assert cache.get(keys[0]) is entry  # keys[0] is now the most recent
+    cache.put(keys[2], entry)
+    assert cache.get(keys[1]) is None and cache.get(keys[0]) is entry and len(cache) == 2
