@@ -206,7 +206,8 @@ class GroundingDinoDetector(_ModelDetector):
             return_offsets_mapping=True, return_tensors="pt",
         )
         offsets = text.pop("offset_mapping")
-        pixels = self.processor.image_processor(images=list(images), return_tensors="pt")
+        # channels_last stated: a 1x1 or 3-pixel-high image would otherwise be read as channels-first
+        pixels = self.processor.image_processor(images=list(images), return_tensors="pt", input_data_format="channels_last")
         inputs = {k: v.to(self.device) for k, v in {**text, **pixels}.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         outputs = self.model(**inputs)
@@ -246,7 +247,10 @@ class Owlv2Detector(_ModelDetector):
     def _detect_chunk(self, images, categories, hints):
         names = [unique(c) for c in categories]
         queries = [[self.opts.query_template.format(n) for n in image_names] for image_names in names]
-        inputs = self.processor(text=queries, images=list(images), return_tensors="pt", padding="max_length", truncation=True)
+        inputs = self.processor(
+            text=queries, images=list(images), return_tensors="pt", padding="max_length", truncation=True,
+            input_data_format="channels_last",
+        )
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         outputs = self.model(**inputs)
