@@ -8,7 +8,7 @@ import pytest
 from reward_server.config import RewardSpec
 from reward_server.models.judge import parse_score
 from reward_server.rewards.vlm_judge import VlmJudgeReward, load_templates
-from reward_server.tiny.judge import write_qwen25_vl
+from reward_server.tiny.judge import write_qwen2_vl, write_qwen25_vl
 from shared.protocol import Sample, Subject
 
 
@@ -101,3 +101,11 @@ def test_user_templates_override_and_are_checked(tmp_path, qwen):
         load_templates(str(tmp_path))
     with pytest.raises(FileNotFoundError):
         load_templates(str(tmp_path / "nope"))
+
+
+def test_qwen2_vl_checkpoint_is_served_too(tmp_path):
+    path = str(write_qwen2_vl(tmp_path / "qwen2"))
+    reward = make(path, min_digit_mass=0.0)
+    results = reward.score([sample(), sample("a dog running on a beach", refs=1)])
+    assert all(r.error is None and 0.0 <= r.score <= 1.0 for r in results)
+    assert type(reward.judge.model).__name__ == "Qwen2VLForConditionalGeneration"
