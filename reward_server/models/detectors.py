@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from reward_server.models.preprocess import to_device_uint8
 from shared.config import StrictModel
 
 Box = tuple[float, float, float, float]
@@ -175,6 +176,12 @@ class _ModelDetector(Detector):
         self.model_path = opts.model or DEFAULT_MODELS[opts.kind]
 
 
+    def _pixels(self, images: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        """Resize/normalise on the model's device: uint8 goes over, the image processor runs there."""
+        tensors = to_device_uint8(images, self.device)  # (3, H, W): no guessing which axis holds channels
+        return self.processor.image_processor(images=tensors, return_tensors="pt", device=str(self.device))
+
+
 class GroundingDinoDetector(_ModelDetector):
     """Grounding DINO through transformers, with the paper's box/text thresholds."""
 
@@ -206,8 +213,7 @@ class GroundingDinoDetector(_ModelDetector):
             return_offsets_mapping=True, return_tensors="pt",
         )
         offsets = text.pop("offset_mapping")
-        # channels_last stated: a 1x1 or 3-pixel-high image would otherwise be read as channels-first
-        pixels = self.processor.image_processor(images=list(images), return_tensors="pt", input_data_format="channels_last")
+        pixels = self._pixels(images)
         inputs = {k: v.to(self.device) for k, v in {**text, **pixels}.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         outputs = self.model(**inputs)
@@ -247,11 +253,8 @@ class Owlv2Detector(_ModelDetector):
     def _detect_chunk(self, images, categories, hints):
         names = [unique(c) for c in categories]
         queries = [[self.opts.query_template.format(n) for n in image_names] for image_names in names]
-        inputs = self.processor(
-            text=queries, images=list(images), return_tensors="pt", padding="max_length", truncation=True,
-            input_data_format="channels_last",
-        )
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        text = self.processor(text=queries, return_tensors="pt", padding="max_length", truncation=True)
+        inputs = {k: v.to(self.device) for k, v in {**text, **self._pixels(images)}.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         outputs = self.model(**inputs)
         probs = outputs.logits.float().sigmoid()  # (B, P, max queries); padded queries are ignored below

@@ -46,6 +46,7 @@ def write_grounding_dino(path: Path) -> Path:
 
 def write_owlv2(path: Path) -> Path:
     """OWLv2 with 1-layer towers, 64 px images in 16 px patches (16 candidate boxes)."""
+    import torch
     from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
 
     tokenizer = clip_tokenizer()
@@ -62,7 +63,12 @@ def write_owlv2(path: Path) -> Path:
         ),
         projection_dim=32,
     )
-    Owlv2ForObjectDetection(config).save_pretrained(path)
+    model = Owlv2ForObjectDetection(config)
+    # Random box-head weights throw boxes far outside the image; with the last layer zeroed each
+    # patch predicts its own grid cell (OWLv2's box bias), so the tiny detector's boxes are sane.
+    torch.nn.init.zeros_(model.box_head.dense2.weight)
+    torch.nn.init.zeros_(model.box_head.dense2.bias)
+    model.save_pretrained(path)
     image_processor = Owlv2ImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
     return path

@@ -19,6 +19,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("detectors")
+    torch.manual_seed(0)
     return {
         "grounding_dino": str(write_grounding_dino(root / "gd")),
         "owlv2": str(write_owlv2(root / "owl")),
