@@ -11,12 +11,6 @@ from collections.abc import Iterable
 WORDS = ["a", "an", "the", "of", "photo", "dog", "cat", "cup", "hat", "person", "car", "bird", "bear", "backpack", "bowl", "toy", "clock", "vase", "shoe", "robot", "red", "blue", "green", "left", "right", "above", "below", "under", "next", "to", "on", "top", "image", "score"]
 
 
-def _byte_alphabet() -> list[str]:
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    return list(bytes_to_unicode().values())
-
-
 def bert_tokenizer(words: Iterable[str] = WORDS, model_max_length: int = 256):
     """A WordPiece ``BertTokenizer`` over special tokens, ``words``, punctuation and letters."""
     from transformers import BertTokenizer
@@ -27,31 +21,13 @@ def bert_tokenizer(words: Iterable[str] = WORDS, model_max_length: int = 256):
     return BertTokenizer(vocab=vocab, model_max_length=model_max_length)
 
 
-def clip_tokenizer(words: Iterable[str] = WORDS, model_max_length: int = 16):
-    """A byte-level BPE ``CLIPTokenizer`` whose merges spell ``words`` (other text falls to bytes)."""
+def clip_tokenizer(model_max_length: int = 16):
+    """The tiny CLIP BPE of ``tiny/clip.py`` with a shorter context (OWLv2 text queries)."""
     from transformers import CLIPTokenizer
 
-    chars = _byte_alphabet()
-    vocab: dict[str, int] = {}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-    for c in chars:
-        vocab.setdefault(c + "</w>", len(vocab))
-    merges: list[tuple[str, str]] = []
-    for word in dict.fromkeys(words):
-        if len(word) < 2:
-            continue
-        prefix = word[0]
-        for ch in word[1:-1]:
-            if (prefix, ch) not in merges:
-                merges.append((prefix, ch))
-            prefix += ch
-            vocab.setdefault(prefix, len(vocab))
-        if (prefix, word[-1] + "</w>") not in merges:
-            merges.append((prefix, word[-1] + "</w>"))
-        vocab.setdefault(word + "</w>", len(vocab))
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab.setdefault(special, len(vocab))
+    from reward_server.tiny.clip import tiny_vocab_and_merges
+
+    vocab, merges = tiny_vocab_and_merges()
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
@@ -64,7 +40,9 @@ def qwen_tokenizer(model_max_length: int = 8192):
     """A byte-level ``Qwen2Tokenizer`` (every byte a token, so digits 0-9 are single tokens) with Qwen's specials."""
     from transformers import Qwen2Tokenizer
 
-    vocab = {c: i for i, c in enumerate(_byte_alphabet())}
+    from reward_server.tiny.clip import bytes_to_unicode
+
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
     for special in QWEN_SPECIALS:
         vocab[special] = len(vocab)
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
