@@ -7,7 +7,7 @@
    queue (front service -> Redis -> worker process -> Redis -> front) vs. the embedded path
    (in-process dynamic batcher), both with ``max_wait_ms: 0``.
 
-    python -m bench.scaling [--workers 1,2,4,8] [--batch-seconds 0.1] [--rounds 20] [--requests 200]
+    python -m bench.scaling [--workers 1,2,4,8] [--batch-seconds 0.1] [--rounds 40] [--repeats 1] [--requests 200]
 """
 
 from __future__ import annotations
@@ -82,8 +82,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", default="1,2,4,8")
     parser.add_argument("--batch-seconds", type=float, default=0.1, help="fixed cost of one batch")
-    parser.add_argument("--rounds", type=int, default=20, help="batches per worker in a throughput run")
+    parser.add_argument("--rounds", type=int, default=40, help="batches per worker in a throughput run")
     parser.add_argument("--requests", type=int, default=200, help="requests in the latency runs")
+    parser.add_argument("--repeats", type=int, default=1, help="throughput runs per worker count (best is kept)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="psr-scaling-"))
     cfg = write_config(tmp / "rewards.yaml", {
@@ -98,18 +99,22 @@ def main() -> None:
     try:
         print(f"fixed_cost: {args.batch_seconds * 1000:.0f} ms per batch of {BATCH}; ideal per worker "
               f"{BATCH / args.batch_seconds:.0f} samples/s")
-        print(f"{'workers':>8} {'samples/s':>10} {'x one worker':>13} {'ideal':>6} {'ratio':>6}")
+        if args.repeats > 1:
+            print(f"(best of {args.repeats} runs per row)")
+        print(f"{'workers':>8} {'samples/s':>10} {'x one worker':>13} {'ideal':>6} {'ratio':>6} {'of theory':>10}")
         base = None
         for n in [int(x) for x in args.workers.split(",")]:
             workers = [WorkerProcess(cfg, redis.url, tmp, "fc") for _ in range(n)]
             try:
                 wait_for(lambda ws=workers: all(w.registered(client, "fc") for w in ws), 120, f"{n} workers")
-                rate = asyncio.run(_with(_service(config, redis.url), _throughput, n * args.rounds))
+                rate = max(asyncio.run(_with(_service(config, redis.url), _throughput, n * args.rounds))
+                           for _ in range(args.repeats))
             finally:
                 for w in workers:
                     w.stop()
             base = base or rate
-            print(f"{n:>8} {rate:>10.1f} {rate / base:>13.2f} {n:>6} {rate / base / n:>6.2f}")
+            theory = n * BATCH / args.batch_seconds
+            print(f"{n:>8} {rate:>10.1f} {rate / base:>13.2f} {n:>6} {rate / base / n:>6.2f} {rate / theory:>10.2f}")
 
         worker = WorkerProcess(cfg, redis.url, tmp, "bright")
         try:
