@@ -120,19 +120,28 @@ def compute_advantages(scores: Mapping[str, np.ndarray], weights: Mapping[str, f
     return Advantages(values=adv, mask=mask, total=total, stats=stats)
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the samples where ``mask`` is true (0 when none is)."""
+    if mask is None:
+        return values.mean()
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum().clamp(min=1.0)
+
+
 def clipped_policy_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
-                        clip_range: float, adv_clip_max: float = 5.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO-style clipped surrogate, averaged over the given samples; returns the loss and diagnostics."""
+                        clip_range: float, adv_clip_max: float = 5.0, mask: torch.Tensor | None = None,
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO-style clipped surrogate averaged over the unmasked samples; returns the loss and diagnostics."""
     adv = advantages.clamp(-adv_clip_max, adv_clip_max)
     ratio = torch.exp(log_prob - old_log_prob)
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
-    loss = torch.maximum(unclipped, clipped).mean()
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
         stats = {
-            "clip_fraction": ((ratio - 1.0).abs() > clip_range).float().mean(),
-            "approx_kl_old": 0.5 * ((log_prob - old_log_prob) ** 2).mean(),
-            "ratio_mean": ratio.mean(),
+            "clip_fraction": masked_mean(((ratio - 1.0).abs() > clip_range).float(), mask),
+            "approx_kl_old": masked_mean(0.5 * (log_prob - old_log_prob) ** 2, mask),
+            "ratio_mean": masked_mean(ratio, mask),
         }
     return loss, stats
 

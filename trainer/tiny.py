@@ -74,8 +74,15 @@ def make_tiny_generator(out_dir: Path, seed: int = 0) -> Path:
         in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         block_out_channels=(16, 32, 32, 32), norm_num_groups=8, layers_per_block=1,
-        shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False,
     )
+    with torch.no_grad():
+        # Zero-init the decoder's residual branches (resnet conv2, attention out): a random decoder's
+        # stacked GroupNorms otherwise wash out the latents, and no reward could be learnt.
+        for name, module in vae.decoder.named_modules():
+            if name.endswith(("conv2", "to_out.0")):
+                module.weight.zero_()
+                module.bias.zero_()
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=1, num_single_layers=1,
         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=TEXT_DIM,

@@ -1,0 +1,195 @@
+"""Flow-GRPO training loop: sample, score (overlapped), compute advantages, optimise."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.config import config_hash
+from trainer.checkpoint import find_latest, load_checkpoint, save_checkpoint
+from trainer.config import TrainConfig
+from trainer.grpo import Advantages, RequiredRewardFailed, check_required, compute_advantages
+from trainer.monitor import Monitor, StepTimer, score_grid
+from trainer.policy import build_policy
+from trainer.rollout import Rollout, load_items, pick_items, sample_group_batch, submit_scores
+from trainer.update import optimise
+
+log = logging.getLogger(__name__)
+
+
+def make_reward_client(cfg: TrainConfig) -> Any:
+    """The HTTP reward client for ``rewards.url``."""
+    if not cfg.rewards.url:
+        raise ValueError("rewards.url is not set: point it at a reward server (psr serve) or pass a client")
+    from shared.client import RewardClient
+
+    r = cfg.rewards
+    return RewardClient(r.url, api_key=r.api_key, timeout=r.timeout_s, max_retries=r.max_retries,
+                        image_format=r.image_format)
+
+
+class FlowGRPOTrainer:
+    """One training run; ``train()`` is the whole algorithm."""
+
+    def __init__(self, cfg: TrainConfig, reward_client: Any = None, base_dir: Path = Path(".")):
+        self.cfg = cfg
+        self.client = reward_client if reward_client is not None else make_reward_client(cfg)
+        self.items = load_items(cfg.data, base_dir)
+        s = cfg.sampling
+        micro_per_step = sum(-(-s.group_size * s.prompts_per_batch // cfg.optim.train_batch_size)
+                             for _ in range(s.batches_per_step))
+        opt_steps = -(-micro_per_step // cfg.optim.gradient_accumulation_steps) * cfg.grpo.inner_epochs
+        self.policy = build_policy(cfg, opt_steps * cfg.run.steps)
+        self.acc = self.policy.accelerator
+        self.rank = self.acc.process_index
+        self.out = Path(cfg.run.output_dir)
+        self.hash = config_hash(cfg.model_dump(exclude={"run": {"steps", "output_dir"}, "rewards": {"url", "api_key"}}))
+        self.monitor = Monitor(self.out / "tensorboard" if self.acc.is_main_process else None)
+        self.start_step = 0
+        self.history: list[dict[str, float]] = []
+        self.last_grid: Path | None = None
+
+    def resume(self, checkpoint: str | Path) -> int:
+        """Continue from a checkpoint folder, or the newest one when ``checkpoint`` is 'latest'."""
+        path = find_latest(self.out) if str(checkpoint) == "latest" else Path(checkpoint)
+        if path is None:
+            log.info("no checkpoint under %s: starting from step 0", self.out)
+            return 0
+        step, saved_hash = load_checkpoint(path, self.policy.transformer, self.policy.optimizer,
+                                           self.policy.lr_scheduler, self.policy.ema)
+        if saved_hash != self.hash:
+            log.warning("checkpoint %s was written with a different config (%s != %s)", path, saved_hash, self.hash)
+        self.start_step = step
+        log.info("resumed from %s at step %d", path, step)
+        return step
+
+    def train(self, progress: bool = True) -> dict[str, Any]:
+        """The main loop: sample, score, advantages, optimise; log and checkpoint."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(range(self.start_step, self.cfg.run.steps), initial=self.start_step, total=self.cfg.run.steps,
+                   disable=not (progress and self.acc.is_main_process), desc="flow-grpo")
+        for step in bar:
+            timer = StepTimer()
+            rollouts, scores = self.collect(step, timer)
+            adv = self.advantages(rollouts, scores)
+            with timer.phase("update"):
+                metrics = optimise(self.policy, rollouts, adv, self.cfg, step, self.rank) if self.cfg.grpo.update_policy else {}
+            self.report(step, rollouts, scores, adv, {**metrics, **timer.metrics()}, bar)
+            if (step + 1) % self.cfg.run.save_every == 0 or step + 1 == self.cfg.run.steps:
+                self.save(step + 1)
+        self.monitor.close()
+        return self.summary()
+
+    def collect(self, step: int, timer: StepTimer) -> tuple[list[Rollout], list[Any]]:
+        """Sample every batch of the step, sending each for scoring as soon as it exists."""
+        s = self.cfg.sampling
+        items = pick_items(self.items, s.prompts_per_batch * s.batches_per_step, self.cfg.run.seed, step, self.rank)
+        pending: list[tuple[Rollout, Future]] = []
+        for b in range(s.batches_per_step):
+            chunk = items[b * s.prompts_per_batch:(b + 1) * s.prompts_per_batch]
+            seed = int(np.random.SeedSequence([self.cfg.run.seed, step, self.rank, b]).generate_state(1)[0])
+            with timer.phase("rollout"):
+                rollouts = sample_group_batch(self.policy.gen, self.policy.transformer, chunk, self.cfg,
+                                              b * s.prompts_per_batch, seed)
+            for r in rollouts:
+                with timer.phase("reward_wait"):  # blocking clients spend the scoring time here
+                    pending.append((r, submit_scores(self.client, r, self.cfg)))
+        with timer.phase("reward_wait"):
+            scores = [self._result(fut) for _, fut in pending]
+        if all(sc is None for sc in scores):
+            raise RuntimeError(f"step {step}: every scoring request failed; is the reward service up?")
+        return [r for r, _ in pending], scores
+
+    def _result(self, fut: Future) -> Any:
+        try:
+            return fut.result()
+        except Exception as exc:
+            if self.cfg.rewards.required:
+                raise RequiredRewardFailed(f"scoring request failed and rewards {self.cfg.rewards.required} "
+                                           f"are required: {exc}") from exc
+            log.warning("scoring request failed, its samples are masked: %s", exc)
+            return None
+
+    def advantages(self, rollouts: list[Rollout], scores: list[Any]) -> Advantages:
+        """Concatenate the step's scores (NaN for failed requests) and compute group advantages."""
+        names = list(self.cfg.rewards.reward_weights)
+        columns: dict[str, list[np.ndarray]] = {k: [] for k in names}
+        errors: list[dict[str, Any]] = []
+        offset = 0
+        for r, sc in zip(rollouts, scores, strict=True):
+            for k in names:
+                col = np.full(len(r), np.nan) if sc is None else np.asarray(sc.scores.get(k, np.full(len(r), np.nan)))
+                columns[k].append(col.astype(np.float64))
+            for e in ([] if sc is None else sc.errors):
+                e = e if isinstance(e, dict) else e.model_dump()
+                errors.append({**e, "sample": e.get("sample", 0) + offset})
+            offset += len(r)
+        flat = {k: np.concatenate(v) for k, v in columns.items()}
+        check_required(flat, self.cfg.rewards.required, errors)
+        self._flat_scores = flat
+        group_ids = np.concatenate([r.group_ids for r in rollouts])
+        g = self.cfg.grpo
+        return compute_advantages(flat, self.cfg.rewards.reward_weights, group_ids, g.scale_rewards,
+                                  g.multi_objective_aggregation, g.min_valid_per_group)
+
+    def report(self, step: int, rollouts: list[Rollout], scores: list[Any], adv: Advantages,
+               metrics: dict[str, float], bar: Any) -> None:
+        """Rewards per reward, totals, advantage statistics, timing; a sample grid now and then."""
+        for k, col in self._flat_scores.items():
+            metrics[f"reward/{k}_mean"] = float(np.nanmean(col)) if np.isfinite(col).any() else float("nan")
+            metrics[f"reward/{k}_std"] = float(np.nanstd(col)) if np.isfinite(col).any() else float("nan")
+        valid = np.isfinite(adv.total)
+        metrics["reward/total_mean"] = float(adv.total[valid].mean()) if valid.any() else float("nan")
+        metrics["reward/total_std"] = float(adv.total[valid].std()) if valid.any() else float("nan")
+        metrics.update(adv.stats)
+        metrics["step"] = step
+        self.history.append(metrics)
+        bar.set_postfix(reward=f"{metrics['reward/total_mean']:.4f}",
+                        wait=f"{metrics.get('time/reward_wait_fraction', 0):.0%}")
+        self.monitor.scalars(metrics, step)
+        last = step + 1 == self.cfg.run.steps
+        if self.acc.is_main_process and ((step + 1) % self.cfg.run.image_every == 0 or last or step == 0):
+            images = [img for r in rollouts for img in r.images][:24]
+            labels = [f"{t:.3f}" if np.isfinite(t) else "failed" for t in adv.total[:24]]
+            grid = score_grid(images, labels, columns=self.cfg.sampling.group_size)
+            path = self.out / "samples" / f"step-{step:06d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            grid.save(path)
+            self.last_grid = path
+            self.monitor.grid(grid, step)
+
+    def save(self, step: int) -> Path | None:
+        """Checkpoint on the main process (LoRA, optimizer, scheduler, EMA, RNG, step)."""
+        self.acc.wait_for_everyone()
+        if not self.acc.is_main_process:
+            return None
+        p = self.policy
+        return save_checkpoint(self.out, step, p.transformer, p.optimizer, p.lr_scheduler, p.ema, self.hash,
+                               self.cfg.run.keep_checkpoints)
+
+    def summary(self) -> dict[str, Any]:
+        """Reward per step and where the artefacts are."""
+        return {
+            "steps": [int(h["step"]) for h in self.history],
+            "reward_mean": [h["reward/total_mean"] for h in self.history],
+            "loss": [h.get("train/loss") for h in self.history],
+            "reward_wait_fraction": [h.get("time/reward_wait_fraction") for h in self.history],
+            "tensorboard_dir": str(self.monitor.log_dir) if self.monitor.log_dir else None,
+            "sample_grid": str(self.last_grid) if self.last_grid else None,
+            "checkpoint": str(find_latest(self.out)) if find_latest(self.out) else None,
+            "output_dir": str(self.out),
+        }
+
+
+def run_training(config: TrainConfig, reward_client: Any = None, progress: bool = True,
+                 resume: str | Path | None = None, base_dir: Path = Path(".")) -> dict[str, Any]:
+    """Train as configured; returns the summary (reward per step, TensorBoard dir, sample grid PNG)."""
+    trainer = FlowGRPOTrainer(config, reward_client, base_dir)
+    if resume:
+        trainer.resume(resume)
+    return trainer.train(progress=progress)

@@ -1,0 +1,89 @@
+"""The policy update: clipped-ratio loss on recorded SDE steps, optional KL, gradient accumulation."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from trainer.config import TrainConfig
+from trainer.grpo import Advantages, clipped_policy_loss, gaussian_kl, masked_mean
+from trainer.policy import Policy
+from trainer.rollout import Rollout
+from trainer.sampling import step_log_prob
+
+
+def micro_batches(rollouts: list[Rollout], size: int, rng: np.random.Generator) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(rollout index, indices in the rollout, indices in the step's flat sample order), shuffled."""
+    out, offset = [], 0
+    for r_i, r in enumerate(rollouts):
+        order = rng.permutation(len(r))
+        for start in range(0, len(r), size):
+            local = np.sort(order[start:start + size])
+            out.append((r_i, local, local + offset))
+        offset += len(r)
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def optimise(policy: Policy, rollouts: list[Rollout], adv: Advantages, cfg: TrainConfig, step: int,
+             rank: int = 0) -> dict[str, float]:
+    """Run ``inner_epochs`` passes over the step's samples; returns averaged diagnostics."""
+    acc, gen, model = policy.accelerator, policy.gen, policy.model
+    g, o, m, s = cfg.grpo, cfg.optim, cfg.model, cfg.sampling
+    ks = cfg.train_step_indices()
+    rng = np.random.default_rng([cfg.run.seed, step, rank, 1])
+    sums: dict[str, float] = defaultdict(float)
+    count, grad_norm = 0, float("nan")
+    model.train()
+    for _ in range(g.inner_epochs):
+        batches = micro_batches(rollouts, o.train_batch_size, rng)
+        for i, (r_i, local, flat) in enumerate(batches):
+            r = rollouts[r_i]
+            group_end = min(len(batches), (i // o.gradient_accumulation_steps + 1) * o.gradient_accumulation_steps)
+            n_accum = group_end - (i // o.gradient_accumulation_steps) * o.gradient_accumulation_steps
+            sync = i + 1 == group_end
+            device = acc.device
+            idx = torch.as_tensor(local)
+            cond = r.cond.index(idx).to(device)
+            neg = None if r.negative is None else r.negative.index(idx).to(device)
+            latents = r.trajectory.latents[idx].to(device)
+            old = r.trajectory.log_probs[idx].to(device)
+            advantages = torch.as_tensor(adv.values[flat], dtype=torch.float32, device=device)
+            mask = torch.as_tensor(adv.mask[flat], device=device)
+
+            def velocity(x, sigma, net=model, cond=cond, neg=neg):
+                return gen.velocity(net, x.to(cond.prompt_embeds.dtype), sigma, cond, m.guidance_scale, neg,
+                                    s.cfg_scale).float()
+
+            with contextlib.nullcontext() if sync else acc.no_sync(model):
+                for k in ks:
+                    with acc.autocast():
+                        log_prob, mean, std = step_log_prob(velocity, latents, r.trajectory.sigmas, k, s.noise_level)
+                    loss, stats = clipped_policy_loss(log_prob, old[:, k], advantages, g.clip_range,
+                                                      g.adv_clip_max, mask)
+                    if g.beta > 0:
+                        with torch.no_grad(), policy.reference() as ref, acc.autocast():
+                            _, ref_mean, _ = step_log_prob(lambda x, sg, ref=ref: velocity(x, sg, net=ref),
+                                                           latents, r.trajectory.sigmas, k, s.noise_level)
+                        kl = masked_mean(gaussian_kl(mean, ref_mean, std), mask)
+                        loss = loss + g.beta * kl
+                        sums["kl"] += kl.item()
+                    acc.backward(loss / (len(ks) * n_accum))
+                    sums["loss"] += loss.item()
+                    for key, value in stats.items():
+                        sums[key] += value.item()
+                    count += 1
+            if sync:
+                grad_norm = float(acc.clip_grad_norm_(policy.params, o.max_grad_norm))
+                policy.optimizer.step()
+                policy.lr_scheduler.step()
+                policy.optimizer.zero_grad(set_to_none=True)
+                if policy.ema is not None:
+                    policy.ema.update()
+    model.eval()
+    out = {f"train/{k}": v / max(count, 1) for k, v in sums.items()}
+    out["train/grad_norm_last"] = grad_norm
+    out["train/lr"] = policy.lr_scheduler.get_last_lr()[0]
+    return out
