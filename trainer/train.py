@@ -67,11 +67,15 @@ class FlowGRPOTrainer:
         log.info("resumed from %s at step %d", path, step)
         return step
 
-    def train(self, progress: bool = True) -> dict[str, Any]:
-        """The main loop: sample, score, advantages, optimise; log and checkpoint."""
+    def train(self, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+        """The main loop: sample, score, advantages, optimise; log and checkpoint.
+
+        ``stop_after`` ends the run early after that many steps (as if interrupted there).
+        """
         from tqdm.auto import tqdm
 
-        bar = tqdm(range(self.start_step, self.cfg.run.steps), initial=self.start_step, total=self.cfg.run.steps,
+        end = self.cfg.run.steps if stop_after is None else min(stop_after, self.cfg.run.steps)
+        bar = tqdm(range(self.start_step, end), initial=self.start_step, total=self.cfg.run.steps,
                    disable=not (progress and self.acc.is_main_process), desc="flow-grpo")
         for step in bar:
             timer = StepTimer()

@@ -140,3 +140,15 @@ def test_sampler_records_log_probs_that_recompute_exactly():
     torch.testing.assert_close(again.latents, traj.latents)
     lp_other, _, _ = step_log_prob(lambda x, s: velocity(x, s) + 1.0, traj.latents, sigmas, 1, 0.7)
     assert (lp_other < traj.log_probs[:, 1]).all()
+
+
+def test_masked_samples_do_not_enter_the_loss():
+    old = torch.zeros(3)
+    new = torch.tensor([0.1, -0.1, 5.0], requires_grad=True)
+    adv = torch.tensor([1.0, -1.0, 100.0])
+    mask = torch.tensor([True, True, False])
+    loss, _ = clipped_policy_loss(new, old, adv, clip_range=1.0, mask=mask)
+    ref, _ = clipped_policy_loss(new[:2], old[:2], adv[:2], clip_range=1.0)
+    torch.testing.assert_close(loss, ref)
+    loss.backward()
+    assert new.grad[2] == 0
