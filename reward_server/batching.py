@@ -9,6 +9,7 @@ in one thread per reward, never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -16,9 +17,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from shared.protocol import Sample
-
 from reward_server.rewards.base import ScoreResult
+from shared.protocol import Sample
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +169,8 @@ class DynamicBatcher:
         """Stop the loop and the model thread (pending callers are cancelled)."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         for p in self._queue:
             p.future.cancel()
         self._queue.clear()

@@ -6,6 +6,7 @@ import logging
 
 from reward_server.config import ServerConfig
 from reward_server.rewards import Reward, get_reward_type
+from shared.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +17,7 @@ def build_rewards(config: ServerConfig, only: list[str] | None = None) -> dict[s
     if only:
         unknown = sorted(set(only) - set(names))
         if unknown:
-            raise KeyError(f"rewards {unknown} are not in the config; configured: {', '.join(names)}")
+            raise ConfigError(f"rewards {unknown} are not in the config; configured: {', '.join(names)}")
         names = [n for n in names if n in only]
     return {name: get_reward_type(config.rewards[name].type)(name, config.rewards[name]) for name in names}
 

@@ -12,11 +12,10 @@ import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from reward_server.batching import DynamicBatcher
+from reward_server.rewards.base import Reward, ScoreResult
 from shared.images import ImageLimits
 from shared.protocol import InvalidRequest, Sample, SampleError, ScoreRequest, ScoreResponse, decode_samples
-
-from reward_server.batching import BatchObserver, DynamicBatcher
-from reward_server.rewards.base import Reward, ScoreResult
 
 
 class RewardUnavailable(RuntimeError):
@@ -131,6 +130,8 @@ class ScoringService:
         unknown = sorted(set(request.rewards) - set(self.rewards))
         if unknown:
             raise InvalidRequest(f"unknown rewards {unknown}; this server hosts: {', '.join(sorted(self.rewards))}")
+        if not request.samples:
+            raise InvalidRequest("the request has no samples to score")
         if len(request.samples) > self.max_samples:
             raise InvalidRequest(
                 f"{len(request.samples)} samples in one request; the limit is {self.max_samples} (split the batch)"

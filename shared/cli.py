@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from shared.config import ConfigError
+
 # Modules that define ``register(subparsers)``. Missing optional packages only hide their commands.
 COMMAND_MODULES = [
     "reward_server.cli",
@@ -46,7 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:  # a user's mistake: say what is wrong, no traceback
+        print(f"psr {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -15,7 +15,16 @@ from typing import Annotated, Any, Literal
 
 import msgpack
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 
 from shared.images import DEFAULT_LIMITS, ImageDecodeError, ImageLimits, b64decode, decode_image
 
@@ -46,7 +55,39 @@ class RawImage(_Strict):
     data: WireBytes = Field(description="H*W*3 bytes, row-major RGB (base64 in JSON)")
 
 
-WireImage = RawImage | WireBytes
+def _wire_image(value: Any) -> RawImage | bytes:
+    """One validator for every image field, so errors name the problem, not every union branch."""
+    if isinstance(value, RawImage):
+        return value
+    if isinstance(value, dict):
+        try:
+            return RawImage.model_validate(value)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"invalid raw image ({problems})") from None
+    if isinstance(value, str):
+        return b64decode(value)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    raise ValueError("an image must be base64 PNG/JPEG text, PNG/JPEG bytes, or a raw image object")
+
+
+_IMAGE_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "contentEncoding": "base64", "description": "PNG or JPEG file, base64"},
+        {
+            "type": "object",
+            "description": "raw RGB pixels",
+            "properties": {
+                "format": {"const": "raw"},
+                "shape": {"type": "array", "items": {"type": "integer"}, "minItems": 3, "maxItems": 3},
+                "data": {"type": "string", "contentEncoding": "base64", "description": "H*W*3 bytes"},
+            },
+            "required": ["shape", "data"],
+        },
+    ]
+}
+WireImage = Annotated[RawImage | bytes, PlainValidator(_wire_image), WithJsonSchema(_IMAGE_SCHEMA)]
 
 
 class SubjectIn(_Strict):

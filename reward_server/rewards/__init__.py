@@ -11,6 +11,7 @@ import importlib
 import pkgutil
 
 from reward_server.rewards.base import Reward, ScoreResult
+from shared.config import ConfigError
 
 __all__ = ["Reward", "RewardImportError", "ScoreResult", "get_reward_type", "register", "reward_types"]
 
@@ -18,7 +19,7 @@ _TYPES: dict[str, type[Reward]] = {}
 _discovered = False
 
 
-class RewardImportError(RuntimeError):
+class RewardImportError(ConfigError):
     """A reward module failed to import or a reward type is unknown or duplicated."""
 
 

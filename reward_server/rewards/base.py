@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from reward_server.config import RewardSpec
 from shared.config import StrictModel
 from shared.protocol import Sample
-
-from reward_server.config import RewardSpec
 
 # Inputs a reward may need besides the image.
 PROMPT = "prompt"

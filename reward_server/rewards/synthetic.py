@@ -14,11 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import Field
 
-from shared.config import StrictModel
-from shared.protocol import Sample
-
 from reward_server.rewards import register
 from reward_server.rewards.base import Reward, ScoreResult
+from shared.config import StrictModel
+from shared.protocol import Sample
 
 
 @register

@@ -1,0 +1,173 @@
+"""The FastAPI front of the reward server: routes only.
+
+Validation, decoding and fan-out live in ``service.py``; batching in ``batching.py``; where
+rewards run is the backend's business (in-process batchers, or Redis workers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+
+from reward_server.config import ServerConfig
+from reward_server.http_io import add_body_schema, read_score_request, render
+from reward_server.metrics import PROMETHEUS_CONTENT_TYPE, ServerMetrics
+from reward_server.registry import build_rewards, load_rewards
+from reward_server.rewards.base import Reward
+from reward_server.service import Backend, LocalBackend, RewardUnavailable, ScoringService
+from shared import __version__
+from shared.protocol import InvalidRequest, ScoreRequest, ScoreResponse
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppState:
+    """Everything the routes need, kept on ``app.state.psr``."""
+
+    config: ServerConfig
+    rewards: dict[str, Reward]
+    service: ScoringService
+    metrics: ServerMetrics
+    load_error: str | None = None
+    on_load_failure: Callable[[str], None] | None = None
+    loading: asyncio.Task | None = field(default=None, repr=False)
+
+
+async def _load_models(state: AppState) -> None:
+    pending = {name: r for name, r in state.rewards.items() if not r.loaded}
+    try:
+        await asyncio.to_thread(load_rewards, pending)
+        log.info("all %d rewards loaded: %s", len(state.rewards), ", ".join(state.rewards))
+    except Exception as exc:
+        state.load_error = str(exc)
+        log.error("start-up failed: %s", exc)
+        if state.on_load_failure is not None:
+            state.on_load_failure(state.load_error)
+
+
+def create_app(
+    config: ServerConfig,
+    rewards: dict[str, Reward] | None = None,
+    backend: Backend | None = None,
+    load_models: bool = True,
+    metrics: ServerMetrics | None = None,
+) -> FastAPI:
+    """Build the app. By default it hosts every configured reward in-process and loads them
+    in the background at start-up (``/readyz`` answers 200 once they are loaded)."""
+    rewards = rewards if rewards is not None else build_rewards(config)
+    metrics = metrics or ServerMetrics()
+    backend = backend or LocalBackend(rewards, observer_factory=metrics.batch_observer)
+    service = ScoringService(
+        rewards,
+        backend,
+        limits=config.limits.image_limits(),
+        max_samples_per_request=config.limits.max_samples_per_request,
+    )
+    state = AppState(config=config, rewards=rewards, service=service, metrics=metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if load_models:
+            state.loading = asyncio.create_task(_load_models(state))
+        yield
+        if state.loading is not None and not state.loading.done():
+            state.loading.cancel()
+        await backend.close()
+
+    app = FastAPI(
+        title="PSR reward service",
+        version=__version__,
+        description="Scores generated images with configured reward models. See the README for the wire forms.",
+        lifespan=lifespan,
+    )
+    app.state.psr = state
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        label = getattr(route, "path", "unmatched")
+        metrics.requests.labels(label, str(response.status_code)).inc()
+        metrics.request_latency.labels(label).observe(time.perf_counter() - started)
+        return response
+
+    @app.post(
+        "/v1/score",
+        response_model=ScoreResponse,
+        summary="Score samples with weighted rewards",
+        responses={
+            400: {"description": "malformed body"},
+            413: {"description": "body too large"},
+            415: {"description": "unsupported content type"},
+            422: {"description": "invalid request (unknown reward, missing input, bad image)"},
+            503: {"description": "a requested reward is not ready"},
+            504: {"description": "scores not ready within the server's request timeout"},
+        },
+    )
+    async def score(request: Request) -> Response:
+        """Body: JSON or msgpack ScoreRequest. Answer: ScoreResponse (msgpack if `Accept: application/msgpack`)."""
+        body = await read_score_request(request, config.limits.max_body_bytes)
+        answer = await run_scoring(state, body)
+        return render(request, answer)
+
+    @app.get("/v1/rewards", summary="Hosted rewards: inputs, models, versions")
+    async def list_rewards() -> dict:
+        ready = backend.ready()
+        return {
+            "rewards": [{**r.describe(), "ready": ready.get(name, False)} for name, r in rewards.items()],
+            "server_version": __version__,
+        }
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: 200 once every reward can be computed")
+    async def readyz() -> JSONResponse:
+        ready = backend.ready()
+        ok = state.load_error is None and all(ready.values())
+        body = {"ready": ok, "rewards": ready, "error": state.load_error}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        if isinstance(backend, LocalBackend):
+            for name, depth in backend.queued().items():
+                metrics.queue_depth.labels(name).set(depth)
+        return Response(metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+
+    def custom_openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            add_body_schema(schema, "/v1/score", ScoreRequest)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = custom_openapi
+    return app
+
+
+async def run_scoring(state: AppState, request: ScoreRequest) -> ScoreResponse:
+    """Score with the server's timeout, mapping failures to HTTP errors and recording metrics."""
+    try:
+        answer = await asyncio.wait_for(state.service.score(request), state.config.request_timeout_s)
+    except InvalidRequest as exc:
+        raise HTTPException(422, str(exc)) from exc
+    except RewardUnavailable as exc:
+        raise HTTPException(503, str(exc)) from exc
+    except TimeoutError as exc:
+        raise HTTPException(504, f"scores not ready within {state.config.request_timeout_s} s") from exc
+    for name, column in answer.scores.items():
+        failed = sum(v is None for v in column)
+        state.metrics.record_results(name, len(column) - failed, failed)
+    return answer

@@ -1,0 +1,59 @@
+"""Running the app under uvicorn: in the foreground (``psr serve``) or on a thread (demo, tests)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import uvicorn
+from fastapi import FastAPI
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def make_server(app: FastAPI, host: str, port: int, log_level: str = "info") -> uvicorn.Server:
+    """A uvicorn server whose start-up stops when the app's models fail to load."""
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False))
+    state = getattr(app.state, "psr", None)
+    if state is not None:
+        state.on_load_failure = lambda _message: setattr(server, "should_exit", True)
+    return server
+
+
+class BackgroundServer:
+    """Serve an app on a thread; ``with BackgroundServer(app) as url: ...``."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int | None = None, log_level: str = "warning"):
+        self.host = host
+        self.port = port or free_port(host)
+        self.server = make_server(app, self.host, self.port, log_level)
+        self._thread = threading.Thread(target=self.server.run, name="psr-server", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> str:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the reward server did not start on {self.url}")
+            time.sleep(0.01)
+        return self.url
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,333 @@
+"""Python client of the reward service: sync and async, HTTP (msgpack fast path).
+
+    from shared.client import RewardClient
+    client = RewardClient("http://127.0.0.1:8000")
+    res = client.score(images, rewards={"clip_t": 1.0}, prompts=prompts)
+    res.total, res.scores["clip_t"], res.errors, res.versions
+
+Large batches are split into requests of ``batch_size`` samples. Retries are bounded and only
+for connection errors, 429 and 5xx; any other 4xx raises at once with the server's message.
+A failed score is NaN in the arrays (and listed in ``errors``), never 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+
+from shared.images import ImageFormat, encode_image
+from shared.protocol import MSGPACK, pack, unpack
+
+Subjects = Sequence[tuple[str, Any] | dict[str, Any]]
+
+
+class RewardServiceError(RuntimeError):
+    """The service refused a request (4xx) or kept failing after the allowed retries."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class RetryableError(RewardServiceError):
+    """A failure worth another try: connection error, 429, 5xx."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message, status)
+        self.retry_after = retry_after
+
+
+@dataclass
+class Scores:
+    """Scores of a batch: arrays with NaN where a reward failed on a sample."""
+
+    scores: dict[str, np.ndarray]
+    total: np.ndarray
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    details: dict[str, list[dict[str, Any] | None]] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.total)
+
+    def valid(self, reward: str | None = None) -> np.ndarray:
+        """Mask of samples with a finite total (or a finite score of one reward)."""
+        values = self.total if reward is None else self.scores[reward]
+        return np.isfinite(values)
+
+    @classmethod
+    def from_response(cls, data: dict[str, Any]) -> Scores:
+        def column(values: list[float | None]) -> np.ndarray:
+            return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+        return cls(
+            scores={k: column(v) for k, v in data["scores"].items()},
+            total=column(data["total"]),
+            errors=list(data.get("errors", [])),
+            details=dict(data.get("details", {})),
+            versions=dict(data.get("versions", {})),
+        )
+
+    @classmethod
+    def empty(cls, rewards: dict[str, float]) -> Scores:
+        return cls(scores={k: np.empty(0) for k in rewards}, total=np.empty(0))
+
+    @classmethod
+    def concat(cls, parts: list[Scores]) -> Scores:
+        """Join the answers of consecutive chunks; error sample indices are shifted to match."""
+        if len(parts) == 1:
+            return parts[0]
+        errors, offset = [], 0
+        details: dict[str, list] = {}
+        names = list(parts[0].scores)
+        for part in parts:
+            errors += [{**e, "sample": e["sample"] + offset} for e in part.errors]
+            for name in set(details) | set(part.details):
+                details.setdefault(name, [None] * offset).extend(part.details.get(name, [None] * len(part)))
+            offset += len(part)
+        return cls(
+            scores={n: np.concatenate([p.scores[n] for p in parts]) for n in names},
+            total=np.concatenate([p.total for p in parts]),
+            errors=errors,
+            details=details,
+            versions=parts[0].versions,
+        )
+
+
+def _subject(entry: tuple[str, Any] | dict[str, Any], fmt: ImageFormat) -> dict[str, Any]:
+    if isinstance(entry, dict):
+        category, reference = entry["category"], entry.get("reference")
+    else:
+        category, reference = entry
+    return {"category": category, "reference": None if reference is None else encode_image(reference, fmt)}
+
+
+def build_requests(
+    images: Sequence[Any],
+    rewards: dict[str, float],
+    prompts: Sequence[str] | None = None,
+    subjects: Sequence[Subjects] | None = None,
+    metadata: Sequence[dict[str, Any]] | None = None,
+    image_format: ImageFormat = "raw",
+    batch_size: int = 256,
+) -> list[dict[str, Any]]:
+    """Encode a batch as msgpack-ready request dicts of at most ``batch_size`` samples each."""
+    n = len(images)
+    for name, seq in (("prompts", prompts), ("subjects", subjects), ("metadata", metadata)):
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"{name} has {len(seq)} entries for {n} images")
+    if not rewards:
+        raise ValueError("rewards must name at least one reward, e.g. {'clip_t': 1.0}")
+    samples = []
+    for i, image in enumerate(images):
+        sample: dict[str, Any] = {"image": encode_image(image, image_format)}
+        if prompts is not None:
+            sample["prompt"] = prompts[i]
+        if subjects is not None:
+            sample["subjects"] = [_subject(s, image_format) for s in subjects[i]]
+        if metadata is not None:
+            sample["metadata"] = metadata[i]
+        samples.append(sample)
+    chunks = [samples[i : i + batch_size] for i in range(0, n, batch_size)]
+    return [{"rewards": dict(rewards), "samples": chunk} for chunk in chunks]
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    message = f"reward service answered {response.status_code}: {detail}"
+    if response.status_code == 429 or response.status_code >= 500:
+        retry_after = response.headers.get("retry-after")
+        raise RetryableError(message, response.status_code, float(retry_after) if retry_after else None)
+    raise RewardServiceError(message, response.status_code)
+
+
+def _backoff(attempt: int, error: RetryableError, base: float) -> float:
+    if error.retry_after is not None:
+        return min(error.retry_after, 30.0)
+    return min(base * 2**attempt, 10.0) * (0.5 + random.random())
+
+
+class HttpTransport:
+    """POSTs msgpack to ``/v1/score`` with httpx."""
+
+    def __init__(self, url: str, api_key: str | None, timeout: float):
+        headers = {"content-type": MSGPACK, "accept": MSGPACK}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        self._client = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def score(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self._client.post("/v1/score", content=pack(request))
+        except httpx.TransportError as exc:  # connection refused/reset, timeouts
+            raise RetryableError(f"cannot reach the reward service: {exc!r}") from exc
+        _raise_for_status(response)
+        return unpack(response.content)
+
+    def get(self, path: str) -> dict[str, Any]:
+        response = self._client.get(path)
+        _raise_for_status(response)
+        return response.json()
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class RewardClient:
+    """Synchronous client; ``submit`` runs ``score`` in a background thread and returns a Future."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        timeout: float = 600.0,
+        max_retries: int = 3,
+        batch_size: int = 256,
+        image_format: ImageFormat = "raw",
+        retry_backoff: float = 0.5,
+        transport: Any = None,
+    ):
+        self.url = url
+        self.max_retries = max_retries
+        self.batch_size = batch_size
+        self.image_format = image_format
+        self.retry_backoff = retry_backoff
+        self.transport = transport or HttpTransport(url, api_key, timeout)
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def score(
+        self,
+        images: Sequence[Any],
+        rewards: dict[str, float],
+        prompts: Sequence[str] | None = None,
+        subjects: Sequence[Subjects] | None = None,
+        metadata: Sequence[dict[str, Any]] | None = None,
+    ) -> Scores:
+        """Score a batch of images; see the module docstring."""
+        requests = build_requests(
+            images, rewards, prompts, subjects, metadata, self.image_format, self.batch_size
+        )
+        if not requests:
+            return Scores.empty(rewards)
+        return Scores.concat([Scores.from_response(self._send(r)) for r in requests])
+
+    def submit(self, *args: Any, **kwargs: Any) -> Future[Scores]:
+        """Like ``score`` but returns at once; the result comes in a Future."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="reward-client")
+        return self._executor.submit(self.score, *args, **kwargs)
+
+    def rewards(self) -> list[dict[str, Any]]:
+        """The rewards the service hosts (``GET /v1/rewards``)."""
+        return self.transport.get("/v1/rewards")["rewards"]
+
+    def _send(self, request: dict[str, Any]) -> dict[str, Any]:
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self.transport.score(request)
+            except RetryableError as exc:
+                if attempt == self.max_retries:
+                    raise RewardServiceError(f"{exc} (gave up after {attempt + 1} tries)", exc.status) from exc
+                time.sleep(_backoff(attempt, exc, self.retry_backoff))
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        self.transport.close()
+
+    def __enter__(self) -> RewardClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class AsyncRewardClient:
+    """Asynchronous client with the same behaviour as ``RewardClient``."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        timeout: float = 600.0,
+        max_retries: int = 3,
+        batch_size: int = 256,
+        image_format: ImageFormat = "raw",
+        retry_backoff: float = 0.5,
+        max_concurrency: int = 4,
+    ):
+        headers = {"content-type": MSGPACK, "accept": MSGPACK}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        self._client = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        self.max_retries = max_retries
+        self.batch_size = batch_size
+        self.image_format = image_format
+        self.retry_backoff = retry_backoff
+        self._limit = asyncio.Semaphore(max_concurrency)
+
+    async def score(
+        self,
+        images: Sequence[Any],
+        rewards: dict[str, float],
+        prompts: Sequence[str] | None = None,
+        subjects: Sequence[Subjects] | None = None,
+        metadata: Sequence[dict[str, Any]] | None = None,
+    ) -> Scores:
+        requests = build_requests(
+            images, rewards, prompts, subjects, metadata, self.image_format, self.batch_size
+        )
+        if not requests:
+            return Scores.empty(rewards)
+        parts = await asyncio.gather(*(self._send(r) for r in requests))
+        return Scores.concat([Scores.from_response(p) for p in parts])
+
+    async def _post(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            async with self._limit:
+                response = await self._client.post("/v1/score", content=pack(request))
+        except httpx.TransportError as exc:
+            raise RetryableError(f"cannot reach the reward service: {exc!r}") from exc
+        _raise_for_status(response)
+        return unpack(response.content)
+
+    async def _send(self, request: dict[str, Any]) -> dict[str, Any]:
+        for attempt in range(self.max_retries + 1):
+            try:
+                return await self._post(request)
+            except RetryableError as exc:
+                if attempt == self.max_retries:
+                    raise RewardServiceError(f"{exc} (gave up after {attempt + 1} tries)", exc.status) from exc
+                await asyncio.sleep(_backoff(attempt, exc, self.retry_backoff))
+        raise AssertionError("unreachable")
+
+    async def rewards(self) -> list[dict[str, Any]]:
+        response = await self._client.get("/v1/rewards")
+        _raise_for_status(response)
+        return response.json()["rewards"]
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncRewardClient:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
