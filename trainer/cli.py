@@ -30,7 +30,7 @@ def _train(args: argparse.Namespace) -> int:
     from shared.config import ConfigError, load_config
     from trainer.config import TrainConfig
     from trainer.grpo import RequiredRewardFailed
-    from trainer.train import run_training
+    from trainer.train import RewardRequestRefused, run_training
 
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides)
@@ -40,7 +40,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         summary = run_training(cfg, progress=not args.no_progress, resume=args.resume,
                                base_dir=Path(args.config).resolve().parent)
-    except (RequiredRewardFailed, ValueError, FileNotFoundError) as exc:
+    except (RequiredRewardFailed, RewardRequestRefused, ValueError, FileNotFoundError) as exc:
         print(f"psr train: {exc}", file=sys.stderr)
         return 1
     for step, reward in zip(summary["steps"], summary["reward_mean"], strict=True):

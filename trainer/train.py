@@ -21,6 +21,10 @@ from trainer.update import optimise
 log = logging.getLogger(__name__)
 
 
+class RewardRequestRefused(RuntimeError):
+    """Scoring cannot work as configured (unknown reward, bad input, service down): stop with the reason."""
+
+
 def make_reward_client(cfg: TrainConfig) -> Any:
     """The HTTP reward client for ``rewards.url``."""
     if not cfg.rewards.url:
@@ -106,13 +110,16 @@ class FlowGRPOTrainer:
         with timer.phase("reward_wait"):
             scores = [self._result(fut) for _, fut in pending]
         if all(sc is None for sc in scores):
-            raise RuntimeError(f"step {step}: every scoring request failed; is the reward service up?")
+            raise RewardRequestRefused(f"step {step}: every scoring request failed; is the reward service up?")
         return [r for r, _ in pending], scores
 
     def _result(self, fut: Future) -> Any:
         try:
             return fut.result()
         except Exception as exc:
+            status = getattr(exc, "status", None)
+            if status is not None and 400 <= status < 500 and status not in (408, 429):
+                raise RewardRequestRefused(f"the reward service refused the request ({status}): {exc}") from exc
             if self.cfg.rewards.required:
                 raise RequiredRewardFailed(f"scoring request failed and rewards {self.cfg.rewards.required} "
                                            f"are required: {exc}") from exc
