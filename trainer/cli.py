@@ -30,7 +30,8 @@ def _train(args: argparse.Namespace) -> int:
     from shared.config import ConfigError, load_config
     from trainer.config import TrainConfig
     from trainer.grpo import RequiredRewardFailed
-    from trainer.train import RewardRequestRefused, run_training
+    from trainer.scoring import RewardRequestRefused
+    from trainer.train import run_training
 
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides)

@@ -13,18 +13,28 @@ from PIL import Image, ImageDraw
 
 
 class StepTimer:
-    """Wall time per phase (rollout / reward_wait / update) within a step."""
+    """Wall time per phase (rollout / reward_wait / update) within a step.
+
+    Phases nest: time spent in an inner phase (waiting for rewards inside the update) counts
+    for the inner phase only, so the phases add up to the step's wall time.
+    """
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self._stack: list[list[float]] = []  # [start, time spent in children]
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
+        frame = [time.perf_counter(), 0.0]
+        self._stack.append(frame)
         try:
             yield
         finally:
-            self.seconds[name] += time.perf_counter() - start
+            self._stack.pop()
+            elapsed = time.perf_counter() - frame[0]
+            self.seconds[name] += elapsed - frame[1]
+            if self._stack:
+                self._stack[-1][1] += elapsed
 
     def metrics(self) -> dict[str, float]:
         total = sum(self.seconds.values()) or 1e-9

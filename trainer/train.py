@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +11,13 @@ import numpy as np
 from shared.config import config_hash
 from trainer.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
-from trainer.grpo import Advantages, RequiredRewardFailed, check_required, compute_advantages
 from trainer.monitor import Monitor, StepTimer, score_grid
 from trainer.policy import build_policy
-from trainer.rollout import Rollout, load_items, pick_items, sample_group_batch, submit_scores
+from trainer.rollout import load_items, pick_items, sample_group_batch, submit_scores
+from trainer.scoring import StepScores
 from trainer.update import optimise
 
 log = logging.getLogger(__name__)
-
-
-class RewardRequestRefused(RuntimeError):
-    """Scoring cannot work as configured (unknown reward, bad input, service down): stop with the reason."""
 
 
 def make_reward_client(cfg: TrainConfig) -> Any:
@@ -83,75 +78,41 @@ class FlowGRPOTrainer:
                    disable=not (progress and self.acc.is_main_process), desc="flow-grpo")
         for step in bar:
             timer = StepTimer()
-            rollouts, scores = self.collect(step, timer)
-            adv = self.advantages(rollouts, scores)
-            with timer.phase("update"):
-                metrics = optimise(self.policy, rollouts, adv, self.cfg, step, self.rank) if self.cfg.grpo.update_policy else {}
-            self.report(step, rollouts, scores, adv, {**metrics, **timer.metrics()}, bar)
+            batch = self.collect(step, timer)  # every sampling batch is scored while the next is sampled
+            metrics = {}
+            if self.cfg.grpo.update_policy:  # trains on each batch as soon as its rewards are in
+                with timer.phase("update"):
+                    metrics = optimise(self.policy, batch.rollouts, batch.advantages_of, self.cfg, step, self.rank)
+            with timer.phase("reward_wait"):
+                batch.full()  # waits for any reward the update did not need
+            self.report(step, batch, metrics, timer, bar)
             if (step + 1) % self.cfg.run.save_every == 0 or step + 1 == self.cfg.run.steps:
                 self.save(step + 1)
         self.monitor.close()
         return self.summary()
 
-    def collect(self, step: int, timer: StepTimer) -> tuple[list[Rollout], list[Any]]:
+    def collect(self, step: int, timer: StepTimer) -> StepScores:
         """Sample every batch of the step, sending each for scoring as soon as it exists."""
         s = self.cfg.sampling
         items = pick_items(self.items, s.prompts_per_batch * s.batches_per_step, self.cfg.run.seed, step, self.rank)
-        pending: list[tuple[Rollout, Future]] = []
+        rollouts, futures = [], []
         for b in range(s.batches_per_step):
             chunk = items[b * s.prompts_per_batch:(b + 1) * s.prompts_per_batch]
             seed = int(np.random.SeedSequence([self.cfg.run.seed, step, self.rank, b]).generate_state(1)[0])
             with timer.phase("rollout"):
-                rollouts = sample_group_batch(self.policy.gen, self.policy.transformer, chunk, self.cfg,
-                                              b * s.prompts_per_batch, seed)
-            for r in rollouts:
-                with timer.phase("reward_wait"):  # blocking clients spend the scoring time here
-                    pending.append((r, submit_scores(self.client, r, self.cfg)))
-        with timer.phase("reward_wait"):
-            scores = [self._result(fut) for _, fut in pending]
-        if all(sc is None for sc in scores):
-            raise RewardRequestRefused(f"step {step}: every scoring request failed; is the reward service up?")
-        return [r for r, _ in pending], scores
+                batch = sample_group_batch(self.policy.gen, self.policy.transformer, chunk, self.cfg,
+                                           b * s.prompts_per_batch, seed)
+            for r in batch:
+                with timer.phase("reward_wait"):  # a blocking client spends the scoring time here
+                    futures.append(submit_scores(self.client, r, self.cfg))
+                rollouts.append(r)
+        return StepScores(rollouts, futures, self.cfg, timer)
 
-    def _result(self, fut: Future) -> Any:
-        try:
-            return fut.result()
-        except Exception as exc:
-            status = getattr(exc, "status", None)
-            if status is not None and 400 <= status < 500 and status not in (408, 429):
-                raise RewardRequestRefused(f"the reward service refused the request ({status}): {exc}") from exc
-            if self.cfg.rewards.required:
-                raise RequiredRewardFailed(f"scoring request failed and rewards {self.cfg.rewards.required} "
-                                           f"are required: {exc}") from exc
-            log.warning("scoring request failed, its samples are masked: %s", exc)
-            return None
-
-    def advantages(self, rollouts: list[Rollout], scores: list[Any]) -> Advantages:
-        """Concatenate the step's scores (NaN for failed requests) and compute group advantages."""
-        names = list(self.cfg.rewards.reward_weights)
-        columns: dict[str, list[np.ndarray]] = {k: [] for k in names}
-        errors: list[dict[str, Any]] = []
-        offset = 0
-        for r, sc in zip(rollouts, scores, strict=True):
-            for k in names:
-                col = np.full(len(r), np.nan) if sc is None else np.asarray(sc.scores.get(k, np.full(len(r), np.nan)))
-                columns[k].append(col.astype(np.float64))
-            for e in ([] if sc is None else sc.errors):
-                e = e if isinstance(e, dict) else e.model_dump()
-                errors.append({**e, "sample": e.get("sample", 0) + offset})
-            offset += len(r)
-        flat = {k: np.concatenate(v) for k, v in columns.items()}
-        check_required(flat, self.cfg.rewards.required, errors)
-        self._flat_scores = flat
-        group_ids = np.concatenate([r.group_ids for r in rollouts])
-        g = self.cfg.grpo
-        return compute_advantages(flat, self.cfg.rewards.reward_weights, group_ids, g.scale_rewards,
-                                  g.multi_objective_aggregation, g.min_valid_per_group)
-
-    def report(self, step: int, rollouts: list[Rollout], scores: list[Any], adv: Advantages,
-               metrics: dict[str, float], bar: Any) -> None:
+    def report(self, step: int, batch: StepScores, metrics: dict[str, float], timer: StepTimer, bar: Any) -> None:
         """Rewards per reward, totals, advantage statistics, timing; a sample grid now and then."""
-        for k, col in self._flat_scores.items():
+        adv, rollouts = batch.full(), batch.rollouts
+        metrics = {**metrics, **timer.metrics()}
+        for k, col in batch.flat_scores().items():
             metrics[f"reward/{k}_mean"] = float(np.nanmean(col)) if np.isfinite(col).any() else float("nan")
             metrics[f"reward/{k}_std"] = float(np.nanstd(col)) if np.isfinite(col).any() else float("nan")
         valid = np.isfinite(adv.total)

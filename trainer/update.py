@@ -4,32 +4,36 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from trainer.config import TrainConfig
-from trainer.grpo import Advantages, clipped_policy_loss, gaussian_kl, masked_mean
+from trainer.grpo import clipped_policy_loss, gaussian_kl, masked_mean
 from trainer.policy import Policy
 from trainer.rollout import Rollout
 from trainer.sampling import step_log_prob
 
 
-def micro_batches(rollouts: list[Rollout], size: int, rng: np.random.Generator) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """(rollout index, indices in the rollout, indices in the step's flat sample order), shuffled."""
-    out, offset = [], 0
+def micro_batches(rollouts: list[Rollout], size: int, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
+    """(rollout index, sample indices) in sampling order, samples shuffled within each rollout.
+
+    Rollout order is kept so the update reaches a batch's rewards as late as possible.
+    """
+    out = []
     for r_i, r in enumerate(rollouts):
         order = rng.permutation(len(r))
-        for start in range(0, len(r), size):
-            local = np.sort(order[start:start + size])
-            out.append((r_i, local, local + offset))
-        offset += len(r)
-    return [out[i] for i in rng.permutation(len(out))]
+        out += [(r_i, np.sort(order[start:start + size])) for start in range(0, len(r), size)]
+    return out
 
 
-def optimise(policy: Policy, rollouts: list[Rollout], adv: Advantages, cfg: TrainConfig, step: int,
-             rank: int = 0) -> dict[str, float]:
-    """Run ``inner_epochs`` passes over the step's samples; returns averaged diagnostics."""
+def optimise(policy: Policy, rollouts: list[Rollout], advantages_of: Callable[[int], tuple[np.ndarray, np.ndarray]],
+             cfg: TrainConfig, step: int, rank: int = 0) -> dict[str, float]:
+    """Run ``inner_epochs`` passes over the step's samples; returns averaged diagnostics.
+
+    ``advantages_of(i)`` gives rollout ``i``'s (advantages, mask); it may block until its rewards arrive.
+    """
     acc, gen, model = policy.accelerator, policy.gen, policy.model
     g, o, m, s = cfg.grpo, cfg.optim, cfg.model, cfg.sampling
     ks = cfg.train_step_indices()
@@ -39,7 +43,7 @@ def optimise(policy: Policy, rollouts: list[Rollout], adv: Advantages, cfg: Trai
     model.train()
     for _ in range(g.inner_epochs):
         batches = micro_batches(rollouts, o.train_batch_size, rng)
-        for i, (r_i, local, flat) in enumerate(batches):
+        for i, (r_i, local) in enumerate(batches):
             r = rollouts[r_i]
             group_end = min(len(batches), (i // o.gradient_accumulation_steps + 1) * o.gradient_accumulation_steps)
             n_accum = group_end - (i // o.gradient_accumulation_steps) * o.gradient_accumulation_steps
@@ -50,8 +54,9 @@ def optimise(policy: Policy, rollouts: list[Rollout], adv: Advantages, cfg: Trai
             neg = None if r.negative is None else r.negative.index(idx).to(device)
             latents = r.trajectory.latents[idx].to(device)
             old = r.trajectory.log_probs[idx].to(device)
-            advantages = torch.as_tensor(adv.values[flat], dtype=torch.float32, device=device)
-            mask = torch.as_tensor(adv.mask[flat], device=device)
+            adv_values, adv_mask = advantages_of(r_i)
+            advantages = torch.as_tensor(adv_values[local], dtype=torch.float32, device=device)
+            mask = torch.as_tensor(adv_mask[local], device=device)
 
             def velocity(x, sigma, net=model, cond=cond, neg=neg):
                 return gen.velocity(net, x.to(cond.prompt_embeds.dtype), sigma, cond, m.guidance_scale, neg,
