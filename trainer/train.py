@@ -77,19 +77,26 @@ class FlowGRPOTrainer:
         bar = tqdm(range(self.start_step, end), initial=self.start_step, total=self.cfg.run.steps,
                    disable=not (progress and self.acc.is_main_process), desc="flow-grpo")
         for step in bar:
-            timer = StepTimer()
-            batch = self.collect(step, timer)  # every sampling batch is scored while the next is sampled
-            metrics = {}
-            if self.cfg.grpo.update_policy:  # trains on each batch as soon as its rewards are in
-                with timer.phase("update"):
-                    metrics = optimise(self.policy, batch.rollouts, batch.advantages_of, self.cfg, step, self.rank)
-            with timer.phase("reward_wait"):
-                batch.full()  # waits for any reward the update did not need
-            self.report(step, batch, metrics, timer, bar)
-            if (step + 1) % self.cfg.run.save_every == 0 or step + 1 == self.cfg.run.steps:
-                self.save(step + 1)
+            metrics = self.train_step(step)
+            bar.set_postfix(reward=f"{metrics['reward/total_mean']:.4f}",
+                            wait=f"{metrics.get('time/reward_wait_fraction', 0):.0%}")
         self.monitor.close()
         return self.summary()
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One step: sample, score, advantages, optimise; then log and maybe checkpoint."""
+        timer = StepTimer()
+        batch = self.collect(step, timer)  # every sampling batch is scored while the next is sampled
+        metrics = {}
+        if self.cfg.grpo.update_policy:  # trains on each batch as soon as its rewards are in
+            with timer.phase("update"):
+                metrics = optimise(self.policy, batch.rollouts, batch.advantages_of, self.cfg, step, self.rank)
+        with timer.phase("reward_wait"):
+            batch.full()  # waits for any reward the update did not need
+        metrics = self.report(step, batch, metrics, timer)
+        if (step + 1) % self.cfg.run.save_every == 0 or step + 1 == self.cfg.run.steps:
+            self.save(step + 1)
+        return metrics
 
     def collect(self, step: int, timer: StepTimer) -> StepScores:
         """Sample every batch of the step, sending each for scoring as soon as it exists."""
@@ -108,7 +115,7 @@ class FlowGRPOTrainer:
                 rollouts.append(r)
         return StepScores(rollouts, futures, self.cfg, timer)
 
-    def report(self, step: int, batch: StepScores, metrics: dict[str, float], timer: StepTimer, bar: Any) -> None:
+    def report(self, step: int, batch: StepScores, metrics: dict[str, float], timer: StepTimer) -> dict[str, float]:
         """Rewards per reward, totals, advantage statistics, timing; a sample grid now and then."""
         adv, rollouts = batch.full(), batch.rollouts
         metrics = {**metrics, **timer.metrics()}
@@ -121,8 +128,6 @@ class FlowGRPOTrainer:
         metrics.update(adv.stats)
         metrics["step"] = step
         self.history.append(metrics)
-        bar.set_postfix(reward=f"{metrics['reward/total_mean']:.4f}",
-                        wait=f"{metrics.get('time/reward_wait_fraction', 0):.0%}")
         self.monitor.scalars(metrics, step)
         last = step + 1 == self.cfg.run.steps
         if self.acc.is_main_process and ((step + 1) % self.cfg.run.image_every == 0 or last or step == 0):
@@ -134,6 +139,7 @@ class FlowGRPOTrainer:
             grid.save(path)
             self.last_grid = path
             self.monitor.grid(grid, step)
+        return metrics
 
     def save(self, step: int) -> Path | None:
         """Checkpoint on the main process (LoRA, optimizer, scheduler, EMA, RNG, step)."""
