@@ -44,6 +44,8 @@ def _train(args: argparse.Namespace) -> int:
     except (RequiredRewardFailed, RewardRequestRefused, ValueError, FileNotFoundError) as exc:
         print(f"psr train: {exc}", file=sys.stderr)
         return 1
+    if not summary["main_process"]:
+        return 0
     for step, reward in zip(summary["steps"], summary["reward_mean"], strict=True):
         print(f"step {step + 1}: reward {reward:.4f}")
     print(json.dumps({k: summary[k] for k in ("tensorboard_dir", "sample_grid", "checkpoint")}))

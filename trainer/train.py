@@ -15,7 +15,7 @@ from trainer.monitor import Monitor, StepTimer, score_grid
 from trainer.policy import build_policy
 from trainer.rollout import load_items, pick_items, sample_group_batch, submit_scores
 from trainer.scoring import StepScores
-from trainer.update import optimise
+from trainer.update import optimise, optimizer_steps_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,7 @@ class FlowGRPOTrainer:
         self.cfg = cfg
         self.client = reward_client if reward_client is not None else make_reward_client(cfg)
         self.items = load_items(cfg.data, base_dir)
-        s = cfg.sampling
-        micro_per_step = sum(-(-s.group_size * s.prompts_per_batch // cfg.optim.train_batch_size)
-                             for _ in range(s.batches_per_step))
-        opt_steps = -(-micro_per_step // cfg.optim.gradient_accumulation_steps) * cfg.grpo.inner_epochs
+        opt_steps = optimizer_steps_per_epoch(cfg) * cfg.grpo.inner_epochs
         self.policy = build_policy(cfg, opt_steps * cfg.run.steps)
         self.acc = self.policy.accelerator
         self.rank = self.acc.process_index
@@ -119,12 +116,12 @@ class FlowGRPOTrainer:
         """Rewards per reward, totals, advantage statistics, timing; a sample grid now and then."""
         adv, rollouts = batch.full(), batch.rollouts
         metrics = {**metrics, **timer.metrics()}
-        for k, col in batch.flat_scores().items():
-            metrics[f"reward/{k}_mean"] = float(np.nanmean(col)) if np.isfinite(col).any() else float("nan")
-            metrics[f"reward/{k}_std"] = float(np.nanstd(col)) if np.isfinite(col).any() else float("nan")
-        valid = np.isfinite(adv.total)
-        metrics["reward/total_mean"] = float(adv.total[valid].mean()) if valid.any() else float("nan")
-        metrics["reward/total_std"] = float(adv.total[valid].std()) if valid.any() else float("nan")
+        columns = {**batch.flat_scores(), "total": adv.total}
+        for k, col in columns.items():
+            col = self._gather(col)  # every process's samples (all processes sample the same count)
+            finite = np.isfinite(col)
+            metrics[f"reward/{k}_mean"] = float(col[finite].mean()) if finite.any() else float("nan")
+            metrics[f"reward/{k}_std"] = float(col[finite].std()) if finite.any() else float("nan")
         metrics.update(adv.stats)
         metrics["step"] = step
         self.history.append(metrics)
@@ -140,6 +137,13 @@ class FlowGRPOTrainer:
             self.last_grid = path
             self.monitor.grid(grid, step)
         return metrics
+
+    def _gather(self, values: np.ndarray) -> np.ndarray:
+        if self.acc.num_processes == 1:
+            return values
+        import torch
+
+        return self.acc.gather(torch.as_tensor(values, device=self.acc.device)).cpu().numpy()
 
     def save(self, step: int) -> Path | None:
         """Checkpoint on the main process (LoRA, optimizer, scheduler, EMA, RNG, step)."""
@@ -161,6 +165,7 @@ class FlowGRPOTrainer:
             "sample_grid": str(self.last_grid) if self.last_grid else None,
             "checkpoint": str(find_latest(self.out)) if find_latest(self.out) else None,
             "output_dir": str(self.out),
+            "main_process": self.acc.is_main_process,
         }
 
 

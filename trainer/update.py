@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -28,6 +29,19 @@ def micro_batches(rollouts: list[Rollout], size: int, rng: np.random.Generator) 
     return out
 
 
+def optimizer_steps_per_epoch(cfg: TrainConfig) -> int:
+    """Optimizer steps per pass over a step's samples: the same on every process.
+
+    Processes may split their samples into different numbers of micro-batches (reference
+    layouts differ), but each has at least ``ceil(N / train_batch_size)`` of them, so a count
+    derived from N alone lets every process all-reduce gradients the same number of times.
+    """
+    s, o = cfg.sampling, cfg.optim
+    n = s.group_size * s.prompts_per_batch * s.batches_per_step
+    micro = math.ceil(n / o.train_batch_size)
+    return math.ceil(micro / o.gradient_accumulation_steps)
+
+
 def optimise(policy: Policy, rollouts: list[Rollout], advantages_of: Callable[[int], tuple[np.ndarray, np.ndarray]],
              cfg: TrainConfig, step: int, rank: int = 0) -> dict[str, float]:
     """Run ``inner_epochs`` passes over the step's samples; returns averaged diagnostics.
@@ -43,11 +57,12 @@ def optimise(policy: Policy, rollouts: list[Rollout], advantages_of: Callable[[i
     model.train()
     for _ in range(g.inner_epochs):
         batches = micro_batches(rollouts, o.train_batch_size, rng)
+        chunks = np.array_split(np.arange(len(batches)), optimizer_steps_per_epoch(cfg))
+        chunk_of = {int(i): c for c in chunks for i in c}
         for i, (r_i, local) in enumerate(batches):
             r = rollouts[r_i]
-            group_end = min(len(batches), (i // o.gradient_accumulation_steps + 1) * o.gradient_accumulation_steps)
-            n_accum = group_end - (i // o.gradient_accumulation_steps) * o.gradient_accumulation_steps
-            sync = i + 1 == group_end
+            n_accum = len(chunk_of[i])
+            sync = i == chunk_of[i][-1]
             device = acc.device
             idx = torch.as_tensor(local)
             cond = r.cond.index(idx).to(device)
@@ -62,8 +77,9 @@ def optimise(policy: Policy, rollouts: list[Rollout], advantages_of: Callable[[i
                 return gen.velocity(net, x.to(cond.prompt_embeds.dtype), sigma, cond, m.guidance_scale, neg,
                                     s.cfg_scale).float()
 
-            with contextlib.nullcontext() if sync else acc.no_sync(model):
-                for k in ks:
+            for j, k in enumerate(ks):
+                # gradients are all-reduced once per optimizer step: on the last backward before it
+                with contextlib.nullcontext() if sync and j + 1 == len(ks) else acc.no_sync(model):
                     with acc.autocast():
                         log_prob, mean, std = step_log_prob(velocity, latents, r.trajectory.sigmas, k, s.noise_level)
                     loss, stats = clipped_policy_loss(log_prob, old[:, k], advantages, g.clip_range,

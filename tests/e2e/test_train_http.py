@@ -1,9 +1,11 @@
-"""End to end over real HTTP: a `psr serve` process and `psr train` processes; 2 steps, checkpoint, resume."""
+"""End to end over real HTTP: a `psr serve` process and `psr train` processes; 2 steps, checkpoint, resume
+(on two data-parallel processes)."""
 
 from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,14 +37,13 @@ def test_train_two_steps_then_resume(tmp_path: Path):
         assert list((out / "tensorboard").glob("events.out.tfevents.*"))
         assert list((out / "samples").glob("step-*.png"))
 
-        resumed = train(*common, f"--set=rewards.url={url}", "--set=run.steps=3", "--resume")
+        # resumed on two data-parallel processes (torchrun, gloo on the CPU): the multi-GPU code path
+        resumed = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "shared.cli", "train",
+             "--config", str(CONFIG), "--no-progress", *common, f"--set=rewards.url={url}", "--set=run.steps=3",
+             "--resume"],
+            cwd=REPO, env=repo_env(), capture_output=True, text=True, timeout=240,
+        )
         assert resumed.returncode == 0, resumed.stderr[-3000:]
-        assert "step 3: reward" in resumed.stdout and "step 1:" not in resumed.stdout
+        assert resumed.stdout.count("step 3: reward") == 1 and "step 1:" not in resumed.stdout, resumed.stdout
         assert (out / "checkpoints" / "step-000003" / "lora.safetensors").is_file()
-
-        # a reward the server does not host is a clear error, not a hang or a crash trace
-        bad = train(*common, f"--set=rewards.url={url}", "--set=rewards.reward_weights={nope: 1.0}",
-                    "--set=rewards.required=[]", "--set=run.steps=1", f"--set=run.output_dir={tmp_path / 'bad'}")
-        assert bad.returncode != 0
-        assert "refused the request (4" in bad.stderr and "nope" in bad.stderr
-        assert "Traceback" not in bad.stderr

@@ -92,3 +92,43 @@ def test_nested_phases_add_up_to_wall_time():
     total = m["time/update_s"] + m["time/reward_wait_s"]
     assert total <= wall and total == pytest.approx(wall, abs=0.05)
     assert m["time/update_fraction"] + m["time/reward_wait_fraction"] == pytest.approx(1.0)
+
+
+class FailingFuture(Future):
+    def __init__(self, exc):
+        super().__init__()
+        self.set_exception(exc)
+
+
+class ServiceError(RuntimeError):
+    def __init__(self, message, status):
+        super().__init__(message)
+        self.status = status
+
+
+def _step_scores(required):
+    import numpy as np
+
+    from trainer.rollout import Rollout
+    from trainer.scoring import StepScores
+
+    cfg = load_config(TrainConfig, CONFIG, ["model.path=/x", f"rewards.required={required}"])
+    rollout = Rollout(cond=None, negative=None, trajectory=None, group_ids=np.zeros(2, int),
+                      images=[np.zeros((4, 4, 3), np.uint8)] * 2, items=[])
+    return lambda exc: StepScores([rollout], [FailingFuture(exc)], cfg, StepTimer())
+
+
+def test_refused_request_stops_and_transient_failure_masks_or_stops():
+    from trainer.grpo import RequiredRewardFailed
+    from trainer.scoring import RewardRequestRefused
+
+    make = _step_scores("[]")
+    with pytest.raises(RewardRequestRefused, match=r"refused the request \(422\).*unknown rewards"):
+        make(ServiceError("unknown rewards ['nope']", 422)).advantages_of(0)
+    masked = make(ServiceError("server overloaded", 503))
+    _, mask = masked.advantages_of(0)
+    assert not mask.any()
+    with pytest.raises(RewardRequestRefused, match="every scoring request"):
+        masked.full()
+    with pytest.raises(RequiredRewardFailed, match="server overloaded"):
+        _step_scores("[brightness]")(ServiceError("server overloaded", 503)).advantages_of(0)
