@@ -6,6 +6,7 @@ Names follow trl's GRPOConfig where they fit (``reward_weights``, ``scale_reward
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -190,3 +191,17 @@ class TrainConfig(StrictModel):
         n = self.sampling.num_steps
         count = max(1, round(n * self.grpo.timestep_fraction))
         return sorted({int(i * n / count) for i in range(count)})
+
+
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+
+
+def tiny_run_config(generator: str | Path, reward_url: str | None, output_dir: str | Path,
+                    overrides: list[str] | None = None) -> TrainConfig:
+    """``configs/tiny_cpu.yaml`` pointed at a tiny generator and a reward server (what ``psr demo`` trains)."""
+    from shared.config import load_config
+
+    base = [f"model.path={generator}", f"run.output_dir={output_dir}"]
+    if reward_url:
+        base.append(f"rewards.url={reward_url}")
+    return load_config(TrainConfig, TINY_CONFIG, base + list(overrides or []))

@@ -43,3 +43,11 @@ def test_train_step_indices():
     assert cfg.train_step_indices() == [0, 2, 4, 6, 8]
     cfg = load_config(TrainConfig, CONFIGS / "tiny_cpu.yaml", ["model.path=/x", "grpo.train_timesteps=[3,1,1]"])
     assert cfg.train_step_indices() == [1, 3]
+
+
+def test_tiny_run_config_for_the_demo(tmp_path):
+    from trainer.config import tiny_run_config
+
+    cfg = tiny_run_config("/gen", "http://127.0.0.1:9", tmp_path, ["run.steps=3"])
+    assert (cfg.model.path, cfg.rewards.url, cfg.run.steps) == ("/gen", "http://127.0.0.1:9", 3)
+    assert cfg.run.output_dir == str(tmp_path)
