@@ -27,6 +27,9 @@ class ModelConfig(StrictModel):
         default="auto", description="'auto' = bf16 on GPU, fp32 on CPU; frozen weights in that dtype, LoRA in fp32"
     )
     gradient_checkpointing: bool = Field(default=False, description="trade compute for activation memory")
+    cpu_threads: int | None = Field(
+        default=None, ge=1, description="torch threads while training on the CPU (1 is fastest for tiny models)"
+    )
 
     @field_validator("resolution", "reference_size")
     @classmethod

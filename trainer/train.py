@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +75,29 @@ class FlowGRPOTrainer:
         end = self.cfg.run.steps if stop_after is None else min(stop_after, self.cfg.run.steps)
         bar = tqdm(range(self.start_step, end), initial=self.start_step, total=self.cfg.run.steps,
                    disable=not (progress and self.acc.is_main_process), desc="flow-grpo")
-        for step in bar:
-            metrics = self.train_step(step)
-            bar.set_postfix(reward=f"{metrics['reward/total_mean']:.4f}",
-                            wait=f"{metrics.get('time/reward_wait_fraction', 0):.0%}")
+        with self._cpu_threads():
+            for step in bar:
+                metrics = self.train_step(step)
+                bar.set_postfix(reward=f"{metrics['reward/total_mean']:.4f}",
+                                wait=f"{metrics.get('time/reward_wait_fraction', 0):.0%}")
         self.monitor.close()
         return self.summary()
+
+    @contextlib.contextmanager
+    def _cpu_threads(self) -> Iterator[None]:
+        """Use ``model.cpu_threads`` torch threads during training on the CPU, then restore."""
+        import torch
+
+        wanted = self.cfg.model.cpu_threads
+        if not wanted or self.acc.device.type != "cpu":
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(wanted)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def train_step(self, step: int) -> dict[str, float]:
         """One step: sample, score, advantages, optimise; then log and maybe checkpoint."""
