@@ -36,11 +36,17 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
 
 def serve(latency: float, batch_images: int) -> tuple[BackgroundServer, str]:
     """A reward server whose ``latency`` reward takes ``latency`` s per request (one batch each)."""
-    config = ServerConfig(rewards={
-        "brightness": {"type": "brightness", "max_batch_size": batch_images, "max_wait_ms": 0},
-        "latency": {"type": "fixed_cost", "max_batch_size": batch_images, "max_wait_ms": 0,
-                    "options": {"seconds_per_batch": latency}},
-    })
+    config = ServerConfig(
+        rewards={
+            "brightness": {"type": "brightness", "max_batch_size": batch_images, "max_wait_ms": 0},
+            "latency": {
+                "type": "fixed_cost",
+                "max_batch_size": batch_images,
+                "max_wait_ms": 0,
+                "options": {"seconds_per_batch": latency},
+            },
+        }
+    )
     server = BackgroundServer(create_app(config))
     url = server.start()
     with RewardClient(url) as client:
@@ -53,12 +59,22 @@ def serve(latency: float, batch_images: int) -> tuple[BackgroundServer, str]:
 
 
 def make_trainer(tiny: Path, out: Path, url: str, steps: int, batches: int, overlap: bool) -> FlowGRPOTrainer:
-    cfg = load_config(TrainConfig, CONFIG, [
-        f"model.path={tiny}", f"run.output_dir={out}", f"rewards.url={url}", f"run.steps={steps}",
-        f"sampling.batches_per_step={batches}", "sampling.prompts_per_batch=1",
-        "rewards.reward_weights={brightness: 1.0, latency: 0.0}", f"rewards.overlap={str(overlap).lower()}",
-        f"run.save_every={steps}", "run.image_every=1000",
-    ])
+    cfg = load_config(
+        TrainConfig,
+        CONFIG,
+        [
+            f"model.path={tiny}",
+            f"run.output_dir={out}",
+            f"rewards.url={url}",
+            f"run.steps={steps}",
+            f"sampling.batches_per_step={batches}",
+            "sampling.prompts_per_batch=1",
+            "rewards.reward_weights={brightness: 1.0, latency: 0.0}",
+            f"rewards.overlap={str(overlap).lower()}",
+            f"run.save_every={steps}",
+            "run.image_every=1000",
+        ],
+    )
     return FlowGRPOTrainer(cfg)
 
 
@@ -76,11 +92,19 @@ def interleaved(trainers: dict[str, FlowGRPOTrainer], steps: int) -> dict[str, d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=4, help="measured steps per mode (after one warm-up step)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--steps", type=int, default=4, help="measured steps per mode (after one warm-up step)"
+    )
     parser.add_argument("--batches", type=int, default=4, help="sampling batches per step")
-    parser.add_argument("--latency-fraction", type=float, default=0.5,
-                        help="reward latency per request as a fraction of one batch's sampling time")
+    parser.add_argument(
+        "--latency-fraction",
+        type=float,
+        default=0.5,
+        help="reward latency per request as a fraction of one batch's sampling time",
+    )
     parser.add_argument("--latency", type=float, default=None, help="reward latency in seconds (overrides)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -95,12 +119,16 @@ def main() -> None:
             server.stop()
             per_batch = calib["calibration"]["rollout_s"] / (2 * args.batches)
             latency = args.latency_fraction * per_batch
-            print(f"one sampling batch ({batch_images} images) takes {per_batch:.3f} s; "
-                  f"reward latency set to {latency:.3f} s per request")
+            print(
+                f"one sampling batch ({batch_images} images) takes {per_batch:.3f} s; "
+                f"reward latency set to {latency:.3f} s per request"
+            )
         server, url = serve(latency, batch_images)
         try:
-            trainers = {mode: make_trainer(tiny, tmp / mode, url, args.steps + 1, args.batches, mode == "overlapped")
-                        for mode in ("blocking", "overlapped")}
+            trainers = {
+                mode: make_trainer(tiny, tmp / mode, url, args.steps + 1, args.batches, mode == "overlapped")
+                for mode in ("blocking", "overlapped")
+            }
             results = interleaved(trainers, args.steps)
         finally:
             server.stop()
@@ -108,13 +136,17 @@ def main() -> None:
     print(f"{'mode':<11} {'step s':>8} {'rollout':>8} {'waiting':>8} {'update':>8}   wait fraction")
     for mode, t in results.items():
         step = t["step_s"] / args.steps
-        print(f"{mode:<11} {step:8.3f} {t['rollout_s'] / args.steps:8.3f} {t['reward_wait_s'] / args.steps:8.3f} "
-              f"{t['update_s'] / args.steps:8.3f}   {t['reward_wait_s'] / t['step_s']:.1%}")
+        print(
+            f"{mode:<11} {step:8.3f} {t['rollout_s'] / args.steps:8.3f} {t['reward_wait_s'] / args.steps:8.3f} "
+            f"{t['update_s'] / args.steps:8.3f}   {t['reward_wait_s'] / t['step_s']:.1%}"
+        )
     b, o = results["blocking"], results["overlapped"]
     wait_b, wait_o = b["reward_wait_s"] / b["step_s"], o["reward_wait_s"] / o["step_s"]
-    print(f"\nwaiting fraction blocking / overlapped: {wait_b:.1%} / {wait_o:.1%} "
-          f"(ratio {wait_b / max(wait_o, 1e-9):.1f}x); step time blocking / overlapped: "
-          f"{b['step_s'] / o['step_s']:.2f}x")
+    print(
+        f"\nwaiting fraction blocking / overlapped: {wait_b:.1%} / {wait_o:.1%} "
+        f"(ratio {wait_b / max(wait_o, 1e-9):.1f}x); step time blocking / overlapped: "
+        f"{b['step_s'] / o['step_s']:.2f}x"
+    )
     if not np.isfinite(wait_o) or wait_o >= 0.05:
         print("note: overlapped waiting is above the 5% goal for this setting")
 

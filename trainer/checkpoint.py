@@ -69,8 +69,16 @@ def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(transformer).items()}
 
 
-def save_checkpoint(output_dir: Path, step: int, transformer: torch.nn.Module, optimizer: Any,
-                    lr_scheduler: Any, ema: EMA | None, config_hash: str, keep: int = 3) -> Path:
+def save_checkpoint(
+    output_dir: Path,
+    step: int,
+    transformer: torch.nn.Module,
+    optimizer: Any,
+    lr_scheduler: Any,
+    ema: EMA | None,
+    config_hash: str,
+    keep: int = 3,
+) -> Path:
     """Write the checkpoint of ``step`` (steps completed) and prune older ones; returns its folder."""
     root = Path(output_dir) / CHECKPOINTS
     final = root / f"step-{step:06d}"
@@ -81,8 +89,13 @@ def save_checkpoint(output_dir: Path, step: int, transformer: torch.nn.Module, o
     if ema is not None:
         save_file(ema.state_dict(), str(tmp / "ema.safetensors"))
     torch.save(
-        {"step": step, "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
-         "rng": _rng_state(), "config_hash": config_hash},
+        {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "rng": _rng_state(),
+            "config_hash": config_hash,
+        },
         tmp / "trainer_state.pt",
     )
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "config_hash": config_hash}, indent=2))
@@ -99,8 +112,9 @@ def find_latest(output_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, transformer: torch.nn.Module, optimizer: Any, lr_scheduler: Any,
-                    ema: EMA | None) -> tuple[int, str]:
+def load_checkpoint(
+    path: Path, transformer: torch.nn.Module, optimizer: Any, lr_scheduler: Any, ema: EMA | None
+) -> tuple[int, str]:
     """Restore everything saved by ``save_checkpoint``; returns (step, config hash)."""
     from peft.utils import set_peft_model_state_dict
 

@@ -19,16 +19,21 @@ class ModelConfig(StrictModel):
 
     path: str = Field(description="FLUX.1 Kontext-style pipeline folder or hub id (model_index.json layout)")
     resolution: int = Field(default=512, ge=16, description="generated image side in pixels (multiple of 16)")
-    reference_size: int | None = Field(default=None, ge=16, description="reference side in pixels (default: resolution)")
+    reference_size: int | None = Field(
+        default=None, ge=16, description="reference side in pixels (default: resolution)"
+    )
     max_sequence_length: int = Field(default=512, ge=1, le=512, description="T5 prompt tokens")
     guidance_scale: float = Field(default=2.5, description="embedded guidance for guidance-distilled models")
     device: str = Field(default="auto", description="'auto' (accelerate's device), 'cpu', 'cuda'")
     mixed_precision: Literal["auto", "no", "bf16"] = Field(
-        default="auto", description="'auto' = bf16 on GPU, fp32 on CPU; frozen weights in that dtype, LoRA in fp32"
+        default="auto",
+        description="'auto' = bf16 on GPU, fp32 on CPU; frozen weights in that dtype, LoRA in fp32",
     )
     gradient_checkpointing: bool = Field(default=False, description="trade compute for activation memory")
     cpu_threads: int | None = Field(
-        default=None, ge=1, description="torch threads while training on the CPU (1 is fastest for tiny models)"
+        default=None,
+        ge=1,
+        description="torch threads while training on the CPU (1 is fastest for tiny models)",
     )
 
     @field_validator("resolution", "reference_size")
@@ -44,7 +49,8 @@ class PromptItem(StrictModel):
 
     prompt: str = Field(min_length=1, description="the instruction")
     references: list[str] = Field(
-        default_factory=list, max_length=4,
+        default_factory=list,
+        max_length=4,
         description="reference images: file paths, or 'solid:R,G,B' for a plain colour image (tests, demo)",
     )
     categories: list[str] = Field(default_factory=list, description="category word per reference, e.g. 'dog'")
@@ -61,7 +67,8 @@ class DataConfig(StrictModel):
 
     prompts: list[PromptItem] = Field(default_factory=list, description="inline prompt items")
     file: str | None = Field(
-        default=None, description="JSON list of {instruction, input_path: [...], category1..N} (PSRBench layout)"
+        default=None,
+        description="JSON list of {instruction, input_path: [...], category1..N} (PSRBench layout)",
     )
 
     @model_validator(mode="after")
@@ -75,12 +82,20 @@ class SamplingConfig(StrictModel):
     """Rollouts: SDE sampling of groups of images."""
 
     num_steps: int = Field(default=28, ge=1, le=1000, description="denoising steps per image")
-    noise_level: float = Field(default=0.7, gt=0, description="SDE noise scale a in sigma_t = a sqrt(t/(1-t))")
+    noise_level: float = Field(
+        default=0.7, gt=0, description="SDE noise scale a in sigma_t = a sqrt(t/(1-t))"
+    )
     group_size: int = Field(default=6, ge=1, description="images per prompt (G)")
-    prompts_per_batch: int = Field(default=1, ge=1, description="prompts per sampling batch (batch = this x G)")
-    batches_per_step: int = Field(default=2, ge=1, description="sampling batches per training step (per process)")
+    prompts_per_batch: int = Field(
+        default=1, ge=1, description="prompts per sampling batch (batch = this x G)"
+    )
+    batches_per_step: int = Field(
+        default=2, ge=1, description="sampling batches per training step (per process)"
+    )
     cfg_scale: float = Field(default=1.0, ge=1.0, description="true classifier-free guidance scale (1 = off)")
-    negative_prompt: str = Field(default="", description="prompt of the unconditional branch when cfg_scale > 1")
+    negative_prompt: str = Field(
+        default="", description="prompt of the unconditional branch when cfg_scale > 1"
+    )
 
 
 class RewardsConfig(StrictModel):
@@ -92,9 +107,13 @@ class RewardsConfig(StrictModel):
     required: list[str] = Field(default_factory=list, description="rewards whose failure stops training")
     timeout_s: float = Field(default=600.0, gt=0, description="longest wait for one scoring request")
     max_retries: int = Field(default=3, ge=0, description="retries on 408/429/5xx")
-    image_format: Literal["raw", "jpeg", "png"] = Field(default="raw", description="image encoding on the wire")
+    image_format: Literal["raw", "jpeg", "png"] = Field(
+        default="raw", description="image encoding on the wire"
+    )
     overlap: bool = Field(default=True, description="sample the next batch while the previous one is scored")
-    send_subjects: bool = Field(default=True, description="send categories and reference images with each sample")
+    send_subjects: bool = Field(
+        default=True, description="send categories and reference images with each sample"
+    )
 
     @model_validator(mode="after")
     def _required_known(self) -> RewardsConfig:
@@ -113,11 +132,15 @@ class GRPOConfig(StrictModel):
     multi_objective_aggregation: Literal["sum_then_normalize", "normalize_then_sum"] = Field(
         default="sum_then_normalize", description="combine rewards before or after group normalisation"
     )
-    min_valid_per_group: int = Field(default=2, ge=1, description="groups with fewer valid samples are dropped")
+    min_valid_per_group: int = Field(
+        default=2, ge=1, description="groups with fewer valid samples are dropped"
+    )
     clip_range: float = Field(default=1e-4, gt=0, description="PPO ratio clip epsilon")
     adv_clip_max: float = Field(default=5.0, gt=0, description="advantages are clamped to +-this")
     beta: float = Field(default=0.0, ge=0, description="weight of the KL to the reference (LoRA disabled)")
-    timestep_fraction: float = Field(default=1.0, gt=0, le=1, description="fraction of steps trained, evenly spaced")
+    timestep_fraction: float = Field(
+        default=1.0, gt=0, le=1, description="fraction of steps trained, evenly spaced"
+    )
     train_timesteps: list[int] | None = Field(default=None, description="explicit step indices to train on")
     inner_epochs: int = Field(default=1, ge=1, description="passes over each rollout batch")
     update_policy: bool = Field(default=True, description="false: sample and score only (a control run)")
@@ -130,8 +153,16 @@ class LoraConfig(StrictModel):
     alpha: float = Field(default=128.0, gt=0)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: list[str] = Field(
-        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
-                                 "to_add_out"],
+        default_factory=lambda: [
+            "to_q",
+            "to_k",
+            "to_v",
+            "to_out.0",
+            "add_q_proj",
+            "add_k_proj",
+            "add_v_proj",
+            "to_add_out",
+        ],
         description="module names (peft target_modules)",
     )
 
@@ -199,8 +230,9 @@ class TrainConfig(StrictModel):
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
 
 
-def tiny_run_config(generator: str | Path, reward_url: str | None, output_dir: str | Path,
-                    overrides: list[str] | None = None) -> TrainConfig:
+def tiny_run_config(
+    generator: str | Path, reward_url: str | None, output_dir: str | Path, overrides: list[str] | None = None
+) -> TrainConfig:
     """``configs/tiny_cpu.yaml`` pointed at a tiny generator and a reward server (what ``psr demo`` trains)."""
     from shared.config import load_config
 

@@ -23,12 +23,15 @@ class RequiredRewardFailed(RuntimeError):
     """A reward marked required failed on some sample: training must stop."""
 
 
-def check_required(scores: Mapping[str, np.ndarray], required: Sequence[str],
-                   errors: Sequence[Mapping[str, Any]] = ()) -> None:
+def check_required(
+    scores: Mapping[str, np.ndarray], required: Sequence[str], errors: Sequence[Mapping[str, Any]] = ()
+) -> None:
     """Raise ``RequiredRewardFailed`` naming the samples and reasons if a required reward has a NaN."""
     for name in required:
         if name not in scores:
-            raise RequiredRewardFailed(f"required reward {name!r} is missing from the reward service's answer")
+            raise RequiredRewardFailed(
+                f"required reward {name!r} is missing from the reward service's answer"
+            )
         bad = np.flatnonzero(~np.isfinite(np.asarray(scores[name], dtype=np.float64)))
         if bad.size:
             reasons = [e.get("message", "") for e in errors if e.get("reward") == name][:3]
@@ -64,9 +67,14 @@ def _normalise(values: np.ndarray, groups: list[np.ndarray], scale: ScaleRewards
     return out
 
 
-def compute_advantages(scores: Mapping[str, np.ndarray], weights: Mapping[str, float],
-                       group_ids: Sequence[int] | np.ndarray, scale_rewards: ScaleRewards = "group",
-                       aggregation: Aggregation = "sum_then_normalize", min_valid_per_group: int = 2) -> Advantages:
+def compute_advantages(
+    scores: Mapping[str, np.ndarray],
+    weights: Mapping[str, float],
+    group_ids: Sequence[int] | np.ndarray,
+    scale_rewards: ScaleRewards = "group",
+    aggregation: Aggregation = "sum_then_normalize",
+    min_valid_per_group: int = 2,
+) -> Advantages:
     """Group-relative advantages from per-reward scores (NaN = failed).
 
     ``sum_then_normalize``: weighted total, then normalised in its group.
@@ -78,7 +86,9 @@ def compute_advantages(scores: Mapping[str, np.ndarray], weights: Mapping[str, f
     missing = [k for k in names if k not in scores]
     if missing:
         raise KeyError(f"no scores for rewards {missing}; got {sorted(scores)}")
-    matrix = np.stack([np.asarray(scores[k], dtype=np.float64) for k in names], 1) if names else np.zeros((n, 0))
+    matrix = (
+        np.stack([np.asarray(scores[k], dtype=np.float64) for k in names], 1) if names else np.zeros((n, 0))
+    )
     if matrix.shape[0] != n:
         raise ValueError(f"{matrix.shape[0]} scores for {n} samples")
     w = np.array([weights[k] for k in names], dtype=np.float64)
@@ -101,8 +111,10 @@ def compute_advantages(scores: Mapping[str, np.ndarray], weights: Mapping[str, f
     if aggregation == "sum_then_normalize":
         adv = _normalise(safe_total, groups, scale_rewards)
     elif aggregation == "normalize_then_sum":
-        adv = sum((wk * _normalise(np.nan_to_num(matrix[:, j]), groups, scale_rewards) for j, wk in enumerate(w)),
-                  start=np.zeros(n))
+        adv = sum(
+            (wk * _normalise(np.nan_to_num(matrix[:, j]), groups, scale_rewards) for j, wk in enumerate(w)),
+            start=np.zeros(n),
+        )
     else:
         raise ValueError(f"unknown multi_objective_aggregation {aggregation!r}")
     adv = np.where(mask, adv, 0.0)
@@ -128,9 +140,14 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     return (values * m).sum() / m.sum().clamp(min=1.0)
 
 
-def clipped_policy_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
-                        clip_range: float, adv_clip_max: float = 5.0, mask: torch.Tensor | None = None,
-                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def clipped_policy_loss(
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_range: float,
+    adv_clip_max: float = 5.0,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO-style clipped surrogate averaged over the unmasked samples; returns the loss and diagnostics."""
     adv = advantages.clamp(-adv_clip_max, adv_clip_max)
     ratio = torch.exp(log_prob - old_log_prob)

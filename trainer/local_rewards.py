@@ -46,9 +46,14 @@ class InProcessRewardClient:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="local-rewards")
         self._lock = threading.Lock()
 
-    def score(self, images: list[Any], rewards: dict[str, float], prompts: list[str] | None = None,
-              subjects: list[list[tuple[str, Any]]] | None = None,
-              metadata: list[dict[str, Any]] | None = None) -> LocalScores:
+    def score(
+        self,
+        images: list[Any],
+        rewards: dict[str, float],
+        prompts: list[str] | None = None,
+        subjects: list[list[tuple[str, Any]]] | None = None,
+        metadata: list[dict[str, Any]] | None = None,
+    ) -> LocalScores:
         unknown = sorted(set(rewards) - set(self.rewards))
         if unknown:
             raise ValueError(f"unknown rewards {unknown}; available: {sorted(self.rewards)}")
@@ -56,7 +61,10 @@ class InProcessRewardClient:
             Sample(
                 image=to_uint8_array(img),
                 prompt=prompts[i] if prompts else "",
-                subjects=tuple(Subject(c, None if r is None else to_uint8_array(r)) for c, r in (subjects or [[]] * len(images))[i]),
+                subjects=tuple(
+                    Subject(c, None if r is None else to_uint8_array(r))
+                    for c, r in (subjects or [[]] * len(images))[i]
+                ),
                 metadata=(metadata[i] if metadata else {}),
             )
             for i, img in enumerate(images)
@@ -66,8 +74,10 @@ class InProcessRewardClient:
         versions = {k: r.version for k, r in self.rewards.items()}
         resp = assemble_response(rewards, results, versions, len(samples))
         return LocalScores(
-            scores={k: np.array([np.nan if v is None else v for v in col], dtype=np.float64)
-                    for k, col in resp.scores.items()},
+            scores={
+                k: np.array([np.nan if v is None else v for v in col], dtype=np.float64)
+                for k, col in resp.scores.items()
+            },
             total=np.array([np.nan if v is None else v for v in resp.total], dtype=np.float64),
             errors=[e.model_dump() for e in resp.errors],
             details=resp.details,

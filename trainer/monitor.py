@@ -44,8 +44,9 @@ class StepTimer:
         return out
 
 
-def score_grid(images: Sequence[np.ndarray], labels: Sequence[str], columns: int = 6,
-               scale_to: int = 128) -> Image.Image:
+def score_grid(
+    images: Sequence[np.ndarray], labels: Sequence[str], columns: int = 6, scale_to: int = 128
+) -> Image.Image:
     """Tile images (upscaled to at least ``scale_to`` px) with a caption line under each."""
     if not images:
         raise ValueError("no images for the grid")

@@ -67,8 +67,11 @@ class Conditioning:
     def index(self, idx: torch.Tensor | slice | list[int]) -> Conditioning:
         """The conditioning of a subset of the batch."""
         return Conditioning(
-            self.prompt_embeds[idx], self.pooled[idx],
-            None if self.ref_tokens is None else self.ref_tokens[idx], self.txt_ids, self.img_ids,
+            self.prompt_embeds[idx],
+            self.pooled[idx],
+            None if self.ref_tokens is None else self.ref_tokens[idx],
+            self.txt_ids,
+            self.img_ids,
         )
 
     def to(self, device: torch.device | str) -> Conditioning:
@@ -80,20 +83,35 @@ class Conditioning:
         """Concatenate batches with the same layout (same number and size of references)."""
         first = parts[0]
         for p in parts[1:]:
-            if p.img_ids.shape != first.img_ids.shape or p.prompt_embeds.shape[1:] != first.prompt_embeds.shape[1:]:
+            if (
+                p.img_ids.shape != first.img_ids.shape
+                or p.prompt_embeds.shape[1:] != first.prompt_embeds.shape[1:]
+            ):
                 raise ValueError("cannot batch samples with different reference layouts")
         refs = None if first.ref_tokens is None else torch.cat([p.ref_tokens for p in parts])
         return Conditioning(
-            torch.cat([p.prompt_embeds for p in parts]), torch.cat([p.pooled for p in parts]), refs,
-            first.txt_ids, first.img_ids,
+            torch.cat([p.prompt_embeds for p in parts]),
+            torch.cat([p.pooled for p in parts]),
+            refs,
+            first.txt_ids,
+            first.img_ids,
         )
 
 
 class MultiRefGenerator:
     """Text encoders, VAE, transformer and scheduler of a FLUX.1 Kontext-style model."""
 
-    def __init__(self, transformer, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, scheduler,
-                 max_sequence_length: int = 512):
+    def __init__(
+        self,
+        transformer,
+        vae,
+        text_encoder,
+        text_encoder_2,
+        tokenizer,
+        tokenizer_2,
+        scheduler,
+        max_sequence_length: int = 512,
+    ):
         self.transformer, self.vae = transformer, vae
         self.text_encoder, self.text_encoder_2 = text_encoder, text_encoder_2
         self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
@@ -103,8 +121,13 @@ class MultiRefGenerator:
         self.latent_channels = vae.config.latent_channels
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32, max_sequence_length: int = 512) -> MultiRefGenerator:
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_sequence_length: int = 512,
+    ) -> MultiRefGenerator:
         """Load every component from a pipeline folder or hub id (subfolders as in ``model_index.json``)."""
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
@@ -145,11 +168,21 @@ class MultiRefGenerator:
     def encode_prompt(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """T5 token states (B, L, D), CLIP pooled embedding (B, P) and text ids (L, 3)."""
         prompts = list(prompts)
-        clip_ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                  truncation=True, return_tensors="pt").input_ids.to(self.device)
+        clip_ids = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
         pooled = self.text_encoder(clip_ids, output_hidden_states=False).pooler_output
-        t5_ids = self.tokenizer_2(prompts, padding="max_length", max_length=self.max_sequence_length,
-                                  truncation=True, return_tensors="pt").input_ids.to(self.device)
+        t5_ids = self.tokenizer_2(
+            prompts,
+            padding="max_length",
+            max_length=self.max_sequence_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
         embeds = self.text_encoder_2(t5_ids, output_hidden_states=False)[0]
         txt_ids = torch.zeros(embeds.shape[1], 3, device=self.device)
         return embeds, pooled, txt_ids
@@ -174,8 +207,14 @@ class MultiRefGenerator:
         latents = self.vae.encode(x).latent_dist.mode()
         return (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
 
-    def condition(self, prompts: Sequence[str], references: Sequence[Sequence[Any]], height: int, width: int,
-                  ref_size: int | None = None) -> Conditioning:
+    def condition(
+        self,
+        prompts: Sequence[str],
+        references: Sequence[Sequence[Any]],
+        height: int,
+        width: int,
+        ref_size: int | None = None,
+    ) -> Conditioning:
         """Conditioning for a batch whose samples all have the same number (0-4) of references."""
         counts = {len(r) for r in references}
         if len(counts) > 1:
@@ -215,9 +254,16 @@ class MultiRefGenerator:
         noise = torch.randn(batch, self.latent_channels, h, w, generator=generator)
         return pack_latents(noise).to(self.device)
 
-    def velocity(self, transformer: torch.nn.Module, latents: torch.Tensor, sigma: torch.Tensor,
-                 cond: Conditioning, guidance_scale: float = 1.0, negative: Conditioning | None = None,
-                 cfg_scale: float = 1.0) -> torch.Tensor:
+    def velocity(
+        self,
+        transformer: torch.nn.Module,
+        latents: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: Conditioning,
+        guidance_scale: float = 1.0,
+        negative: Conditioning | None = None,
+        cfg_scale: float = 1.0,
+    ) -> torch.Tensor:
         """Predicted flow velocity of the target tokens; true CFG when ``negative`` and ``cfg_scale`` > 1."""
         v = self._forward(transformer, latents, sigma, cond, guidance_scale)
         if negative is not None and cfg_scale != 1.0:
@@ -227,14 +273,21 @@ class MultiRefGenerator:
 
     def _forward(self, transformer, latents, sigma, cond, guidance_scale):
         b, s = latents.shape[:2]
-        hidden = latents if cond.ref_tokens is None else torch.cat([latents, cond.ref_tokens.to(latents.dtype)], 1)
+        hidden = (
+            latents if cond.ref_tokens is None else torch.cat([latents, cond.ref_tokens.to(latents.dtype)], 1)
+        )
         timestep = sigma.expand(b).to(latents.dtype) if sigma.dim() == 0 else sigma.to(latents.dtype)
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.full((b,), guidance_scale, device=latents.device, dtype=torch.float32)
         out = transformer(
-            hidden_states=hidden, timestep=timestep, guidance=guidance, pooled_projections=cond.pooled,
-            encoder_hidden_states=cond.prompt_embeds, txt_ids=cond.txt_ids, img_ids=cond.img_ids,
+            hidden_states=hidden,
+            timestep=timestep,
+            guidance=guidance,
+            pooled_projections=cond.pooled,
+            encoder_hidden_states=cond.prompt_embeds,
+            txt_ids=cond.txt_ids,
+            img_ids=cond.img_ids,
             return_dict=False,
         )[0]
         return out[:, :s]

@@ -58,12 +58,21 @@ def build_policy(cfg: TrainConfig, total_optimizer_steps: int) -> Policy:
         # The FLUX-size backward crashed in cuDNN SDPA on torch 2.11 (ENVIRONMENT.md): keep it off.
         torch.backends.cuda.enable_cudnn_sdp(False)
     dtype = torch.bfloat16 if mixed == "bf16" else torch.float32
-    gen = MultiRefGenerator.from_pretrained(cfg.model.path, accelerator.device, dtype, cfg.model.max_sequence_length)
+    gen = MultiRefGenerator.from_pretrained(
+        cfg.model.path, accelerator.device, dtype, cfg.model.max_sequence_length
+    )
 
     torch.manual_seed(cfg.run.seed)  # LoRA init is part of the run's seed
     lora = cfg.lora
-    gen.transformer.add_adapter(LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                           target_modules=lora.target_modules, init_lora_weights="gaussian"))
+    gen.transformer.add_adapter(
+        LoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            init_lora_weights="gaussian",
+        )
+    )
     params = [p for p in gen.transformer.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"lora.target_modules {lora.target_modules} matched no module of the transformer")
@@ -73,8 +82,12 @@ def build_policy(cfg: TrainConfig, total_optimizer_steps: int) -> Policy:
         gen.transformer.enable_gradient_checkpointing()
     o = cfg.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
-    lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps,
-                                 num_training_steps=max(total_optimizer_steps, 1))
+    lr_scheduler = get_scheduler(
+        o.lr_scheduler,
+        optimizer,
+        num_warmup_steps=o.warmup_steps,
+        num_training_steps=max(total_optimizer_steps, 1),
+    )
     model, optimizer = accelerator.prepare(gen.transformer, optimizer)
     ema = EMA(params, o.ema_decay) if o.ema else None
     n_train = sum(p.numel() for p in params)

@@ -28,7 +28,7 @@ class Item:
 
 def _load_reference(spec: str, base: Path) -> np.ndarray:
     if spec.startswith("solid:"):
-        rgb = [int(c) for c in spec[len("solid:"):].split(",")]
+        rgb = [int(c) for c in spec[len("solid:") :].split(",")]
         if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
             raise ValueError(f"bad reference {spec!r}: use solid:R,G,B with values 0-255")
         return np.full((64, 64, 3), rgb, dtype=np.uint8)
@@ -56,8 +56,13 @@ def load_items(data: DataConfig, base_dir: Path = Path(".")) -> list[Item]:
             refs = entry.get("input_path", [])
             refs = [refs] if isinstance(refs, str) else refs
             cats = [entry[f"category{j + 1}"] for j in range(len(refs)) if f"category{j + 1}" in entry]
-            items.append(Item(entry["instruction"], [_load_reference(r, path.parent) for r in refs],
-                              cats if len(cats) == len(refs) else []))
+            items.append(
+                Item(
+                    entry["instruction"],
+                    [_load_reference(r, path.parent) for r in refs],
+                    cats if len(cats) == len(refs) else [],
+                )
+            )
     if not items:
         raise ValueError("the data section yields no prompt items")
     return items
@@ -84,8 +89,14 @@ class Rollout:
         return len(self.images)
 
 
-def sample_group_batch(gen: MultiRefGenerator, transformer: torch.nn.Module, items: list[Item], cfg: TrainConfig,
-                       first_group: int, seed: int) -> list[Rollout]:
+def sample_group_batch(
+    gen: MultiRefGenerator,
+    transformer: torch.nn.Module,
+    items: list[Item],
+    cfg: TrainConfig,
+    first_group: int,
+    seed: int,
+) -> list[Rollout]:
     """Sample ``group_size`` images per item, split into batches of equal reference count."""
     by_layout: dict[int, list[tuple[int, Item]]] = {}
     for g, item in enumerate(items):
@@ -103,24 +114,41 @@ def _sample_layout(gen, transformer, members, cfg: TrainConfig, seed: int) -> Ro
     unique = [item for _, item in members]
     # Encode each prompt and its references once, then repeat them for the group.
     repeat = torch.arange(len(unique)).repeat_interleave(s.group_size)
-    cond = gen.condition([it.prompt for it in unique], [it.references for it in unique], m.resolution,
-                         m.resolution, m.reference_size).index(repeat)
+    cond = gen.condition(
+        [it.prompt for it in unique],
+        [it.references for it in unique],
+        m.resolution,
+        m.resolution,
+        m.reference_size,
+    ).index(repeat)
     negative = None
     if s.cfg_scale > 1.0:
-        negative = gen.condition([s.negative_prompt] * len(unique), [it.references for it in unique],
-                                 m.resolution, m.resolution, m.reference_size).index(repeat)
+        negative = gen.condition(
+            [s.negative_prompt] * len(unique),
+            [it.references for it in unique],
+            m.resolution,
+            m.resolution,
+            m.reference_size,
+        ).index(repeat)
     generator = torch.Generator().manual_seed(seed)
     noise = gen.initial_noise(len(items), m.resolution, m.resolution, generator)
     sigmas = gen.sigmas(s.num_steps, m.resolution, m.resolution)
 
     def velocity(x, sigma):
-        return gen.velocity(transformer, x.to(cond.prompt_embeds.dtype), sigma, cond, m.guidance_scale,
-                            negative, s.cfg_scale).float()
+        return gen.velocity(
+            transformer, x.to(cond.prompt_embeds.dtype), sigma, cond, m.guidance_scale, negative, s.cfg_scale
+        ).float()
 
     traj = sample_sde(velocity, noise, sigmas, s.noise_level, generator)
     images = to_uint8_images(gen.decode(traj.final.to(gen.device), m.resolution, m.resolution))
-    return Rollout(cond.to("cpu"), None if negative is None else negative.to("cpu"), traj,
-                   np.array([gid for gid, _ in per_sample]), images, items)
+    return Rollout(
+        cond.to("cpu"),
+        None if negative is None else negative.to("cpu"),
+        traj,
+        np.array([gid for gid, _ in per_sample]),
+        images,
+        items,
+    )
 
 
 def submit_scores(client: Any, rollout: Rollout, cfg: TrainConfig) -> Future:
@@ -129,7 +157,10 @@ def submit_scores(client: Any, rollout: Rollout, cfg: TrainConfig) -> Future:
     With ``rewards.overlap`` false the call blocks (the comparison point of bench/overlap.py).
     """
     r = cfg.rewards
-    kwargs: dict[str, Any] = {"rewards": dict(r.reward_weights), "prompts": [it.prompt for it in rollout.items]}
+    kwargs: dict[str, Any] = {
+        "rewards": dict(r.reward_weights),
+        "prompts": [it.prompt for it in rollout.items],
+    }
     if r.send_subjects and any(it.categories for it in rollout.items):
         kwargs["subjects"] = [list(zip(it.categories, it.references, strict=True)) for it in rollout.items]
     if r.overlap:

@@ -22,8 +22,14 @@ import torch
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def sde_step_distribution(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
-                          noise_level: float, sigma_cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+def sde_step_distribution(
+    x: torch.Tensor,
+    v: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    noise_level: float,
+    sigma_cap: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std of the Gaussian step ``x_sigma -> x_sigma_next``.
 
     ``sigma_cap`` (the schedule's second noise level) replaces ``sigma = 1`` in ``1 - sigma``, where
@@ -40,8 +46,9 @@ def sde_step_distribution(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor,
     return mean, std
 
 
-def gaussian_log_prob(x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                      reduce: str = "mean") -> torch.Tensor:
+def gaussian_log_prob(
+    x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, reduce: str = "mean"
+) -> torch.Tensor:
     """Log-density of ``x_next`` under N(mean, std^2 I), per sample; ``reduce`` 'mean' or 'sum' over dims.
 
     Flow-GRPO averages over latent dimensions ('mean'), which keeps importance ratios near 1
@@ -71,8 +78,13 @@ class Trajectory:
 
 
 @torch.no_grad()
-def sample_sde(velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, noise_level: float,
-               generator: torch.Generator) -> Trajectory:
+def sample_sde(
+    velocity: VelocityFn,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    noise_level: float,
+    generator: torch.Generator,
+) -> Trajectory:
     """Integrate from ``noise`` along ``sigmas`` with SDE steps, recording latents and log-probs.
 
     Step noise is drawn on the CPU from ``generator`` so a seed gives the same trajectory anywhere.
@@ -91,8 +103,9 @@ def sample_sde(velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, 
     return Trajectory(torch.stack(states, 1), torch.stack(log_probs, 1), sigmas.cpu())
 
 
-def step_log_prob(velocity: VelocityFn, traj_latents: torch.Tensor, sigmas: torch.Tensor, k: int,
-                  noise_level: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def step_log_prob(
+    velocity: VelocityFn, traj_latents: torch.Tensor, sigmas: torch.Tensor, k: int, noise_level: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-prob (with gradients through ``velocity``) of the recorded step ``k``; also mean and std.
 
     ``traj_latents`` is (B, T + 1, S, C) on the model's device.

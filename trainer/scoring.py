@@ -43,10 +43,16 @@ class StepScores:
             n = len(self.rollouts[i])
             names = list(self.cfg.rewards.reward_weights)
             self._scores[i] = {
-                k: np.full(n, np.nan) if result is None else np.asarray(result.scores.get(k, np.full(n, np.nan)), float)
+                k: np.full(n, np.nan)
+                if result is None
+                else np.asarray(result.scores.get(k, np.full(n, np.nan)), float)
                 for k in names
             }
-            errors = [] if result is None else [e if isinstance(e, dict) else e.model_dump() for e in result.errors]
+            errors = (
+                []
+                if result is None
+                else [e if isinstance(e, dict) else e.model_dump() for e in result.errors]
+            )
             self._errors[i] = errors
             check_required(self._scores[i], self.cfg.rewards.required, errors)
         return self._scores[i]
@@ -57,10 +63,13 @@ class StepScores:
         except Exception as exc:
             status = getattr(exc, "status", None)
             if status is not None and 400 <= status < 500 and status not in (408, 429):
-                raise RewardRequestRefused(f"the reward service refused the request ({status}): {exc}") from exc
+                raise RewardRequestRefused(
+                    f"the reward service refused the request ({status}): {exc}"
+                ) from exc
             if self.cfg.rewards.required:
-                raise RequiredRewardFailed(f"scoring request failed and rewards {self.cfg.rewards.required} "
-                                           f"are required: {exc}") from exc
+                raise RequiredRewardFailed(
+                    f"scoring request failed and rewards {self.cfg.rewards.required} are required: {exc}"
+                ) from exc
             log.warning("scoring request failed, its samples are masked: %s", exc)
             return None
 
@@ -68,9 +77,14 @@ class StepScores:
         cols = [self.columns(i) for i in indices]
         flat = {k: np.concatenate([c[k] for c in cols]) for k in cols[0]}
         g = self.cfg.grpo
-        return compute_advantages(flat, self.cfg.rewards.reward_weights,
-                                  np.concatenate([self.rollouts[i].group_ids for i in indices]),
-                                  g.scale_rewards, g.multi_objective_aggregation, g.min_valid_per_group)
+        return compute_advantages(
+            flat,
+            self.cfg.rewards.reward_weights,
+            np.concatenate([self.rollouts[i].group_ids for i in indices]),
+            g.scale_rewards,
+            g.multi_objective_aggregation,
+            g.min_valid_per_group,
+        )
 
     def advantages_of(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(advantages, mask) of rollout ``i``; waits only for its own rewards unless scaling is batch-wide."""
@@ -89,7 +103,9 @@ class StepScores:
         if self._full is None:
             self._full = self._advantages(list(range(len(self.rollouts))))
             if all(not np.isfinite(np.stack(list(c.values()))).any() for c in self._scores.values()):
-                raise RewardRequestRefused("every scoring request of the step failed; is the reward service up?")
+                raise RewardRequestRefused(
+                    "every scoring request of the step failed; is the reward service up?"
+                )
         return self._full
 
     def flat_scores(self) -> dict[str, np.ndarray]:

@@ -59,22 +59,44 @@ def make_tiny_generator(out_dir: Path, seed: int = 0) -> Path:
     clip_tok, t5_tok = _clip_tokenizer(), _t5_tokenizer()
     clip = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(clip_tok), hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=CLIP_MAX_LENGTH, bos_token_id=0, eos_token_id=1,
-            pad_token_id=1, projection_dim=TEXT_DIM,
+            vocab_size=len(clip_tok),
+            hidden_size=TEXT_DIM,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=CLIP_MAX_LENGTH,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            projection_dim=TEXT_DIM,
         )
     )
     t5 = T5EncoderModel(
         T5Config(
-            vocab_size=len(t5_tok), d_model=TEXT_DIM, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
-            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+            vocab_size=len(t5_tok),
+            d_model=TEXT_DIM,
+            d_kv=16,
+            d_ff=64,
+            num_layers=2,
+            num_heads=2,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
         )
     )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 32, 32, 32), norm_num_groups=8, layers_per_block=1,
-        shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=LATENT_CHANNELS,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 32, 32, 32),
+        norm_num_groups=8,
+        layers_per_block=1,
+        shift_factor=0.1159,
+        scaling_factor=0.3611,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
     )
     with torch.no_grad():
         # Zero-init the decoder's residual branches (resnet conv2, attention out): a random decoder's
@@ -84,17 +106,34 @@ def make_tiny_generator(out_dir: Path, seed: int = 0) -> Path:
                 module.weight.zero_()
                 module.bias.zero_()
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=1, num_single_layers=1,
-        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=TEXT_DIM,
-        pooled_projection_dim=TEXT_DIM, guidance_embeds=True, axes_dims_rope=(4, 6, 6),
+        patch_size=1,
+        in_channels=4 * LATENT_CHANNELS,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=TEXT_DIM,
+        pooled_projection_dim=TEXT_DIM,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
     )
     scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-        base_image_seq_len=256, max_image_seq_len=4096,
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
     )
     parts = {
-        "transformer": transformer, "vae": vae, "text_encoder": clip, "text_encoder_2": t5,
-        "tokenizer": clip_tok, "tokenizer_2": t5_tok, "scheduler": scheduler,
+        "transformer": transformer,
+        "vae": vae,
+        "text_encoder": clip,
+        "text_encoder_2": t5,
+        "tokenizer": clip_tok,
+        "tokenizer_2": t5_tok,
+        "scheduler": scheduler,
     }
     for name, part in parts.items():
         part.save_pretrained(out_dir / name)

@@ -29,8 +29,9 @@ def make_reward_client(cfg: TrainConfig) -> Any:
     from shared.client import RewardClient
 
     r = cfg.rewards
-    return RewardClient(r.url, api_key=r.api_key, timeout=r.timeout_s, max_retries=r.max_retries,
-                        image_format=r.image_format)
+    return RewardClient(
+        r.url, api_key=r.api_key, timeout=r.timeout_s, max_retries=r.max_retries, image_format=r.image_format
+    )
 
 
 class FlowGRPOTrainer:
@@ -45,7 +46,9 @@ class FlowGRPOTrainer:
         self.acc = self.policy.accelerator
         self.rank = self.acc.process_index
         self.out = Path(cfg.run.output_dir)
-        self.hash = config_hash(cfg.model_dump(exclude={"run": {"steps", "output_dir"}, "rewards": {"url", "api_key"}}))
+        self.hash = config_hash(
+            cfg.model_dump(exclude={"run": {"steps", "output_dir"}, "rewards": {"url", "api_key"}})
+        )
         self.monitor = Monitor(self.out / "tensorboard" if self.acc.is_main_process else None)
         self.start_step = 0
         self.history: list[dict[str, float]] = []
@@ -57,10 +60,13 @@ class FlowGRPOTrainer:
         if path is None:
             log.info("no checkpoint under %s: starting from step 0", self.out)
             return 0
-        step, saved_hash = load_checkpoint(path, self.policy.transformer, self.policy.optimizer,
-                                           self.policy.lr_scheduler, self.policy.ema)
+        step, saved_hash = load_checkpoint(
+            path, self.policy.transformer, self.policy.optimizer, self.policy.lr_scheduler, self.policy.ema
+        )
         if saved_hash != self.hash:
-            log.warning("checkpoint %s was written with a different config (%s != %s)", path, saved_hash, self.hash)
+            log.warning(
+                "checkpoint %s was written with a different config (%s != %s)", path, saved_hash, self.hash
+            )
         self.start_step = step
         log.info("resumed from %s at step %d", path, step)
         return step
@@ -73,13 +79,20 @@ class FlowGRPOTrainer:
         from tqdm.auto import tqdm
 
         end = self.cfg.run.steps if stop_after is None else min(stop_after, self.cfg.run.steps)
-        bar = tqdm(range(self.start_step, end), initial=self.start_step, total=self.cfg.run.steps,
-                   disable=not (progress and self.acc.is_main_process), desc="flow-grpo")
+        bar = tqdm(
+            range(self.start_step, end),
+            initial=self.start_step,
+            total=self.cfg.run.steps,
+            disable=not (progress and self.acc.is_main_process),
+            desc="flow-grpo",
+        )
         with self._cpu_threads():
             for step in bar:
                 metrics = self.train_step(step)
-                bar.set_postfix(reward=f"{metrics['reward/total_mean']:.4f}",
-                                wait=f"{metrics.get('time/reward_wait_fraction', 0):.0%}")
+                bar.set_postfix(
+                    reward=f"{metrics['reward/total_mean']:.4f}",
+                    wait=f"{metrics.get('time/reward_wait_fraction', 0):.0%}",
+                )
         self.monitor.close()
         return self.summary()
 
@@ -106,7 +119,9 @@ class FlowGRPOTrainer:
         metrics = {}
         if self.cfg.grpo.update_policy:  # trains on each batch as soon as its rewards are in
             with timer.phase("update"):
-                metrics = optimise(self.policy, batch.rollouts, batch.advantages_of, self.cfg, step, self.rank)
+                metrics = optimise(
+                    self.policy, batch.rollouts, batch.advantages_of, self.cfg, step, self.rank
+                )
         with timer.phase("reward_wait"):
             batch.full()  # waits for any reward the update did not need
         metrics = self.report(step, batch, metrics, timer)
@@ -117,21 +132,26 @@ class FlowGRPOTrainer:
     def collect(self, step: int, timer: StepTimer) -> StepScores:
         """Sample every batch of the step, sending each for scoring as soon as it exists."""
         s = self.cfg.sampling
-        items = pick_items(self.items, s.prompts_per_batch * s.batches_per_step, self.cfg.run.seed, step, self.rank)
+        items = pick_items(
+            self.items, s.prompts_per_batch * s.batches_per_step, self.cfg.run.seed, step, self.rank
+        )
         rollouts, futures = [], []
         for b in range(s.batches_per_step):
-            chunk = items[b * s.prompts_per_batch:(b + 1) * s.prompts_per_batch]
+            chunk = items[b * s.prompts_per_batch : (b + 1) * s.prompts_per_batch]
             seed = int(np.random.SeedSequence([self.cfg.run.seed, step, self.rank, b]).generate_state(1)[0])
             with timer.phase("rollout"):
-                batch = sample_group_batch(self.policy.gen, self.policy.transformer, chunk, self.cfg,
-                                           b * s.prompts_per_batch, seed)
+                batch = sample_group_batch(
+                    self.policy.gen, self.policy.transformer, chunk, self.cfg, b * s.prompts_per_batch, seed
+                )
             for r in batch:
                 with timer.phase("reward_wait"):  # a blocking client spends the scoring time here
                     futures.append(submit_scores(self.client, r, self.cfg))
                 rollouts.append(r)
         return StepScores(rollouts, futures, self.cfg, timer)
 
-    def report(self, step: int, batch: StepScores, metrics: dict[str, float], timer: StepTimer) -> dict[str, float]:
+    def report(
+        self, step: int, batch: StepScores, metrics: dict[str, float], timer: StepTimer
+    ) -> dict[str, float]:
         """Rewards per reward, totals, advantage statistics, timing; a sample grid now and then."""
         adv, rollouts = batch.full(), batch.rollouts
         metrics = {**metrics, **timer.metrics()}
@@ -170,8 +190,16 @@ class FlowGRPOTrainer:
         if not self.acc.is_main_process:
             return None
         p = self.policy
-        return save_checkpoint(self.out, step, p.transformer, p.optimizer, p.lr_scheduler, p.ema, self.hash,
-                               self.cfg.run.keep_checkpoints)
+        return save_checkpoint(
+            self.out,
+            step,
+            p.transformer,
+            p.optimizer,
+            p.lr_scheduler,
+            p.ema,
+            self.hash,
+            self.cfg.run.keep_checkpoints,
+        )
 
     def summary(self) -> dict[str, Any]:
         """Reward per step and where the artefacts are."""
@@ -188,8 +216,13 @@ class FlowGRPOTrainer:
         }
 
 
-def run_training(config: TrainConfig, reward_client: Any = None, progress: bool = True,
-                 resume: str | Path | None = None, base_dir: Path = Path(".")) -> dict[str, Any]:
+def run_training(
+    config: TrainConfig,
+    reward_client: Any = None,
+    progress: bool = True,
+    resume: str | Path | None = None,
+    base_dir: Path = Path("."),
+) -> dict[str, Any]:
     """Train as configured; returns the summary (reward per step, TensorBoard dir, sample grid PNG)."""
     trainer = FlowGRPOTrainer(config, reward_client, base_dir)
     if resume:

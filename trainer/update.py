@@ -17,7 +17,9 @@ from trainer.rollout import Rollout
 from trainer.sampling import step_log_prob
 
 
-def micro_batches(rollouts: list[Rollout], size: int, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
+def micro_batches(
+    rollouts: list[Rollout], size: int, rng: np.random.Generator
+) -> list[tuple[int, np.ndarray]]:
     """(rollout index, sample indices) in sampling order, samples shuffled within each rollout.
 
     Rollout order is kept so the update reaches a batch's rewards as late as possible.
@@ -25,7 +27,7 @@ def micro_batches(rollouts: list[Rollout], size: int, rng: np.random.Generator) 
     out = []
     for r_i, r in enumerate(rollouts):
         order = rng.permutation(len(r))
-        out += [(r_i, np.sort(order[start:start + size])) for start in range(0, len(r), size)]
+        out += [(r_i, np.sort(order[start : start + size])) for start in range(0, len(r), size)]
     return out
 
 
@@ -42,8 +44,14 @@ def optimizer_steps_per_epoch(cfg: TrainConfig) -> int:
     return math.ceil(micro / o.gradient_accumulation_steps)
 
 
-def optimise(policy: Policy, rollouts: list[Rollout], advantages_of: Callable[[int], tuple[np.ndarray, np.ndarray]],
-             cfg: TrainConfig, step: int, rank: int = 0) -> dict[str, float]:
+def optimise(
+    policy: Policy,
+    rollouts: list[Rollout],
+    advantages_of: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    cfg: TrainConfig,
+    step: int,
+    rank: int = 0,
+) -> dict[str, float]:
     """Run ``inner_epochs`` passes over the step's samples; returns averaged diagnostics.
 
     ``advantages_of(i)`` gives rollout ``i``'s (advantages, mask); it may block until its rewards arrive.
@@ -74,20 +82,29 @@ def optimise(policy: Policy, rollouts: list[Rollout], advantages_of: Callable[[i
             mask = torch.as_tensor(adv_mask[local], device=device)
 
             def velocity(x, sigma, net=model, cond=cond, neg=neg):
-                return gen.velocity(net, x.to(cond.prompt_embeds.dtype), sigma, cond, m.guidance_scale, neg,
-                                    s.cfg_scale).float()
+                return gen.velocity(
+                    net, x.to(cond.prompt_embeds.dtype), sigma, cond, m.guidance_scale, neg, s.cfg_scale
+                ).float()
 
             for j, k in enumerate(ks):
                 # gradients are all-reduced once per optimizer step: on the last backward before it
                 with contextlib.nullcontext() if sync and j + 1 == len(ks) else acc.no_sync(model):
                     with acc.autocast():
-                        log_prob, mean, std = step_log_prob(velocity, latents, r.trajectory.sigmas, k, s.noise_level)
-                    loss, stats = clipped_policy_loss(log_prob, old[:, k], advantages, g.clip_range,
-                                                      g.adv_clip_max, mask)
+                        log_prob, mean, std = step_log_prob(
+                            velocity, latents, r.trajectory.sigmas, k, s.noise_level
+                        )
+                    loss, stats = clipped_policy_loss(
+                        log_prob, old[:, k], advantages, g.clip_range, g.adv_clip_max, mask
+                    )
                     if g.beta > 0:
                         with torch.no_grad(), policy.reference() as ref, acc.autocast():
-                            _, ref_mean, _ = step_log_prob(lambda x, sg, ref=ref: velocity(x, sg, net=ref),
-                                                           latents, r.trajectory.sigmas, k, s.noise_level)
+                            _, ref_mean, _ = step_log_prob(
+                                lambda x, sg, ref=ref: velocity(x, sg, net=ref),
+                                latents,
+                                r.trajectory.sigmas,
+                                k,
+                                s.noise_level,
+                            )
                         kl = masked_mean(gaussian_kl(mean, ref_mean, std), mask)
                         loss = loss + g.beta * kl
                         sums["kl"] += kl.item()

@@ -29,7 +29,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def reward_url():
-    config = ServerConfig(rewards={"brightness": {"type": "brightness", "max_batch_size": 64, "max_wait_ms": 2}})
+    config = ServerConfig(
+        rewards={"brightness": {"type": "brightness", "max_batch_size": 64, "max_wait_ms": 2}}
+    )
     with BackgroundServer(create_app(config)) as url, RewardClient(url) as client:
         deadline = time.monotonic() + 60
         while not all(r["ready"] for r in client.rewards()):
@@ -39,10 +41,19 @@ def reward_url():
 
 
 def gain(tiny: Path, out: Path, url: str, seed: int, update: bool) -> tuple[float, list[float]]:
-    cfg = load_config(TrainConfig, CONFIG, [
-        f"model.path={tiny}", f"run.output_dir={out}", f"rewards.url={url}", f"run.seed={seed}",
-        f"run.steps={STEPS}", f"grpo.update_policy={str(update).lower()}", f"run.save_every={STEPS}",
-    ])
+    cfg = load_config(
+        TrainConfig,
+        CONFIG,
+        [
+            f"model.path={tiny}",
+            f"run.output_dir={out}",
+            f"rewards.url={url}",
+            f"run.seed={seed}",
+            f"run.steps={STEPS}",
+            f"grpo.update_policy={str(update).lower()}",
+            f"run.save_every={STEPS}",
+        ],
+    )
     rewards = run_training(cfg, progress=False)["reward_mean"]
     return float(np.mean(rewards[-2:]) - np.mean(rewards[:2])), rewards
 

@@ -38,10 +38,15 @@ def test_bad_values_are_refused_with_a_reason(override, message):
 
 
 def test_train_step_indices():
-    cfg = load_config(TrainConfig, CONFIGS / "tiny_cpu.yaml", ["model.path=/x", "sampling.num_steps=10",
-                                                              "grpo.timestep_fraction=0.5"])
+    cfg = load_config(
+        TrainConfig,
+        CONFIGS / "tiny_cpu.yaml",
+        ["model.path=/x", "sampling.num_steps=10", "grpo.timestep_fraction=0.5"],
+    )
     assert cfg.train_step_indices() == [0, 2, 4, 6, 8]
-    cfg = load_config(TrainConfig, CONFIGS / "tiny_cpu.yaml", ["model.path=/x", "grpo.train_timesteps=[3,1,1]"])
+    cfg = load_config(
+        TrainConfig, CONFIGS / "tiny_cpu.yaml", ["model.path=/x", "grpo.train_timesteps=[3,1,1]"]
+    )
     assert cfg.train_step_indices() == [1, 3]
 
 

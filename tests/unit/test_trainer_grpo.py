@@ -63,7 +63,9 @@ def test_failed_samples_are_masked_and_small_groups_dropped():
     assert adv.stats["groups/dropped"] == 1 and adv.stats["samples/failed"] == 3
     assert math.isnan(adv.total[1])
     # a reward with weight 0 does not mask
-    adv2 = compute_advantages({"r": np.ones(2), "off": np.array([np.nan, np.nan])}, {"r": 1, "off": 0}, [0, 0])
+    adv2 = compute_advantages(
+        {"r": np.ones(2), "off": np.array([np.nan, np.nan])}, {"r": 1, "off": 0}, [0, 0]
+    )
     assert adv2.mask.all()
 
 
@@ -89,14 +91,17 @@ def test_clipped_loss_by_hand():
     clipped_policy_loss(new, old, adv, 0.2)[0].backward()
     assert new.grad[1] == 0 and new.grad[2] == 0 and new.grad[0] != 0 and new.grad[3] != 0
     # advantage clipping
-    loss_c, _ = clipped_policy_loss(torch.zeros(1), torch.zeros(1), torch.tensor([10.0]), 0.2, adv_clip_max=3.0)
+    loss_c, _ = clipped_policy_loss(
+        torch.zeros(1), torch.zeros(1), torch.tensor([10.0]), 0.2, adv_clip_max=3.0
+    )
     assert loss_c.item() == pytest.approx(-3.0)
 
 
 def test_gaussian_kl_matches_torch_distributions():
     mean, ref, std = torch.randn(2, 5, 3), torch.randn(2, 5, 3), torch.tensor(0.3)
-    expected = torch.distributions.kl_divergence(torch.distributions.Normal(mean, std),
-                                                 torch.distributions.Normal(ref, std)).mean(dim=(1, 2))
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mean, std), torch.distributions.Normal(ref, std)
+    ).mean(dim=(1, 2))
     torch.testing.assert_close(gaussian_kl(mean, ref, std), expected)
 
 
@@ -116,8 +121,12 @@ def test_sde_log_prob_equals_direct_gaussian_density():
     direct = normal.log_prob(x_next)
     torch.testing.assert_close(gaussian_log_prob(x_next, mean, std, reduce="sum"), direct.sum(dim=(1, 2)))
     torch.testing.assert_close(gaussian_log_prob(x_next, mean, std), direct.mean(dim=(1, 2)))
-    mvn = torch.distributions.MultivariateNormal(mean.reshape(3, -1), covariance_matrix=std**2 * torch.eye(32))
-    torch.testing.assert_close(gaussian_log_prob(x_next, mean, std, reduce="sum"), mvn.log_prob(x_next.reshape(3, -1)))
+    mvn = torch.distributions.MultivariateNormal(
+        mean.reshape(3, -1), covariance_matrix=std**2 * torch.eye(32)
+    )
+    torch.testing.assert_close(
+        gaussian_log_prob(x_next, mean, std, reduce="sum"), mvn.log_prob(x_next.reshape(3, -1))
+    )
 
 
 def test_sampler_records_log_probs_that_recompute_exactly():

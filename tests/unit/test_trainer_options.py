@@ -18,13 +18,28 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml"
 
 def test_kl_cfg_checkpointing_and_ema(tmp_path):
     tiny = make_tiny_generator(tmp_path / "generator")
-    cfg = load_config(TrainConfig, CONFIG, [
-        f"model.path={tiny}", f"run.output_dir={tmp_path / 'run'}", "run.steps=2", "sampling.group_size=4",
-        "sampling.prompts_per_batch=1", "sampling.batches_per_step=1", "sampling.num_steps=3",
-        "sampling.cfg_scale=2.0", "sampling.negative_prompt=blurry", "grpo.beta=0.5", "grpo.timestep_fraction=0.5",
-        "optim.train_batch_size=2", "model.gradient_checkpointing=true", "optim.ema=true", "optim.ema_decay=0.5",
-        "data.prompts=[{prompt: a red apple, references: ['solid:250,0,0']}]",
-    ])
+    cfg = load_config(
+        TrainConfig,
+        CONFIG,
+        [
+            f"model.path={tiny}",
+            f"run.output_dir={tmp_path / 'run'}",
+            "run.steps=2",
+            "sampling.group_size=4",
+            "sampling.prompts_per_batch=1",
+            "sampling.batches_per_step=1",
+            "sampling.num_steps=3",
+            "sampling.cfg_scale=2.0",
+            "sampling.negative_prompt=blurry",
+            "grpo.beta=0.5",
+            "grpo.timestep_fraction=0.5",
+            "optim.train_batch_size=2",
+            "model.gradient_checkpointing=true",
+            "optim.ema=true",
+            "optim.ema_decay=0.5",
+            "data.prompts=[{prompt: a red apple, references: ['solid:250,0,0']}]",
+        ],
+    )
     assert cfg.train_step_indices() == [0, 1]
     trainer = FlowGRPOTrainer(cfg, InProcessRewardClient({"brightness": {"type": "brightness"}}))
     assert trainer.policy.gen.transformer.is_gradient_checkpointing
@@ -42,6 +57,8 @@ def test_kl_cfg_checkpointing_and_ema(tmp_path):
         with trainer.policy.reference() as ref:
             v_ref = gen.velocity(ref, x, torch.tensor(0.5), cond)
         assert not torch.allclose(v_policy, v_ref)
-        torch.testing.assert_close(gen.velocity(model, x, torch.tensor(0.5), cond), v_policy)  # adapters back on
+        torch.testing.assert_close(
+            gen.velocity(model, x, torch.tensor(0.5), cond), v_policy
+        )  # adapters back on
     ema = trainer.policy.ema
     assert any(not torch.allclose(s, p.detach()) for s, p in zip(ema.shadow, ema.params, strict=True))

@@ -45,11 +45,21 @@ def test_update_trains_on_early_batches_before_waiting_for_the_last(tmp_path):
     tiny = make_tiny_generator(tmp_path / "generator")
     events: list[str] = []
     client = RecordingClient(InProcessRewardClient({"brightness": {"type": "brightness"}}), events)
-    cfg = load_config(TrainConfig, CONFIG, [
-        f"model.path={tiny}", f"run.output_dir={tmp_path / 'run'}", "run.steps=1", "sampling.group_size=4",
-        "sampling.prompts_per_batch=1", "sampling.batches_per_step=3", "sampling.num_steps=2",
-        "optim.train_batch_size=4", "data.prompts=[{prompt: a red apple}]",
-    ])
+    cfg = load_config(
+        TrainConfig,
+        CONFIG,
+        [
+            f"model.path={tiny}",
+            f"run.output_dir={tmp_path / 'run'}",
+            "run.steps=1",
+            "sampling.group_size=4",
+            "sampling.prompts_per_batch=1",
+            "sampling.batches_per_step=3",
+            "sampling.num_steps=2",
+            "optim.train_batch_size=4",
+            "data.prompts=[{prompt: a red apple}]",
+        ],
+    )
     trainer = FlowGRPOTrainer(cfg, client)
     step_fn = trainer.policy.optimizer.step
 
@@ -60,19 +70,39 @@ def test_update_trains_on_early_batches_before_waiting_for_the_last(tmp_path):
     trainer.policy.optimizer.step = recording_step
     trainer.train(progress=False)
     # all three batches are submitted before any result is needed, then each is awaited just before its update
-    assert events == ["submit 1", "submit 2", "submit 3", "wait 1", "optimizer step", "wait 2", "optimizer step",
-                      "wait 3", "optimizer step"], events
+    assert events == [
+        "submit 1",
+        "submit 2",
+        "submit 3",
+        "wait 1",
+        "optimizer step",
+        "wait 2",
+        "optimizer step",
+        "wait 3",
+        "optimizer step",
+    ], events
 
 
 def test_scale_rewards_batch_needs_every_reward_first(tmp_path):
     tiny = make_tiny_generator(tmp_path / "generator")
     events: list[str] = []
     client = RecordingClient(InProcessRewardClient({"brightness": {"type": "brightness"}}), events)
-    cfg = load_config(TrainConfig, CONFIG, [
-        f"model.path={tiny}", f"run.output_dir={tmp_path / 'run'}", "run.steps=1", "sampling.group_size=4",
-        "sampling.prompts_per_batch=1", "sampling.batches_per_step=2", "sampling.num_steps=2",
-        "optim.train_batch_size=4", "grpo.scale_rewards=batch", "data.prompts=[{prompt: a red apple}]",
-    ])
+    cfg = load_config(
+        TrainConfig,
+        CONFIG,
+        [
+            f"model.path={tiny}",
+            f"run.output_dir={tmp_path / 'run'}",
+            "run.steps=1",
+            "sampling.group_size=4",
+            "sampling.prompts_per_batch=1",
+            "sampling.batches_per_step=2",
+            "sampling.num_steps=2",
+            "optim.train_batch_size=4",
+            "grpo.scale_rewards=batch",
+            "data.prompts=[{prompt: a red apple}]",
+        ],
+    )
     FlowGRPOTrainer(cfg, client).train(progress=False)
     assert events == ["submit 1", "submit 2", "wait 1", "wait 2"], events
 
@@ -113,8 +143,14 @@ def _step_scores(required):
     from trainer.scoring import StepScores
 
     cfg = load_config(TrainConfig, CONFIG, ["model.path=/x", f"rewards.required={required}"])
-    rollout = Rollout(cond=None, negative=None, trajectory=None, group_ids=np.zeros(2, int),
-                      images=[np.zeros((4, 4, 3), np.uint8)] * 2, items=[])
+    rollout = Rollout(
+        cond=None,
+        negative=None,
+        trajectory=None,
+        group_ids=np.zeros(2, int),
+        images=[np.zeros((4, 4, 3), np.uint8)] * 2,
+        items=[],
+    )
     return lambda exc: StepScores([rollout], [FailingFuture(exc)], cfg, StepTimer())
 
 

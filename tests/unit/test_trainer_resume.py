@@ -26,19 +26,35 @@ def tiny_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client():
-    return InProcessRewardClient({
-        "brightness": {"type": "brightness"},
-        "flaky": {"type": "fixed_cost", "options": {"error_on": "teapot"}},
-    })
+    return InProcessRewardClient(
+        {
+            "brightness": {"type": "brightness"},
+            "flaky": {"type": "fixed_cost", "options": {"error_on": "teapot"}},
+        }
+    )
 
 
 def small_config(tiny_path, out, *extra):
-    return load_config(TrainConfig, CONFIG, [
-        f"model.path={tiny_path}", f"run.output_dir={out}", "sampling.group_size=4", "sampling.prompts_per_batch=1",
-        "sampling.batches_per_step=2", "sampling.num_steps=3", "run.steps=3", "run.save_every=1",
-        "optim.lr_scheduler=linear", "optim.warmup_steps=1", "optim.train_batch_size=2",
-        "optim.gradient_accumulation_steps=2", "optim.ema=true", *extra,
-    ])
+    return load_config(
+        TrainConfig,
+        CONFIG,
+        [
+            f"model.path={tiny_path}",
+            f"run.output_dir={out}",
+            "sampling.group_size=4",
+            "sampling.prompts_per_batch=1",
+            "sampling.batches_per_step=2",
+            "sampling.num_steps=3",
+            "run.steps=3",
+            "run.save_every=1",
+            "optim.lr_scheduler=linear",
+            "optim.warmup_steps=1",
+            "optim.train_batch_size=2",
+            "optim.gradient_accumulation_steps=2",
+            "optim.ema=true",
+            *extra,
+        ],
+    )
 
 
 def test_resume_continues_exactly(tiny_path, client, tmp_path):
@@ -69,8 +85,15 @@ def test_resume_continues_exactly(tiny_path, client, tmp_path):
 
 def test_failed_rewards_are_masked_unless_required(tiny_path, client, tmp_path):
     # the teapot prompt's samples fail on "flaky": masked, training goes on
-    cfg = small_config(tiny_path, tmp_path / "m", "run.steps=1", "rewards.reward_weights={brightness: 1.0, flaky: 0.1}",
-                       "rewards.required=[brightness]", "sampling.prompts_per_batch=3", "sampling.batches_per_step=1")
+    cfg = small_config(
+        tiny_path,
+        tmp_path / "m",
+        "run.steps=1",
+        "rewards.reward_weights={brightness: 1.0, flaky: 0.1}",
+        "rewards.required=[brightness]",
+        "sampling.prompts_per_batch=3",
+        "sampling.batches_per_step=1",
+    )
     trainer = FlowGRPOTrainer(cfg, client)
     trainer.train(progress=False)
     metrics = trainer.history[0]
