@@ -225,6 +225,10 @@ def run_training(
 ) -> dict[str, Any]:
     """Train as configured; returns the summary (reward per step, TensorBoard dir, sample grid PNG)."""
     trainer = FlowGRPOTrainer(config, reward_client, base_dir)
-    if resume:
-        trainer.resume(resume)
-    return trainer.train(progress=progress)
+    try:
+        if resume:
+            trainer.resume(resume)
+        return trainer.train(progress=progress)
+    finally:
+        if reward_client is None:  # the client made here from rewards.url
+            trainer.client.close()
