@@ -1,7 +1,7 @@
 """Python client of the reward service: sync and async, HTTP (msgpack fast path).
 
     from shared.client import RewardClient
-    client = RewardClient("http://127.0.0.1:8000")
+    client = RewardClient("http://127.0.0.1:8000")     # or "redis://host:6379/0": straight to the workers
     res = client.score(images, rewards={"clip_t": 1.0}, prompts=prompts)
     res.total, res.scores["clip_t"], res.errors, res.versions
 
@@ -187,6 +187,20 @@ class HttpTransport:
         self._client.close()
 
 
+QUEUE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def make_transport(url: str, api_key: str | None, timeout: float) -> Any:
+    """HTTP for ``http(s)://`` URLs; the Redis queue (straight to the workers) for ``redis(s)://``."""
+    if url.startswith(QUEUE_SCHEMES):
+        from shared.queue_client import QueueTransport
+
+        return QueueTransport(url, timeout=timeout)
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"reward service URL {url!r} must start with http(s):// or redis(s)://")
+    return HttpTransport(url, api_key, timeout)
+
+
 class RewardClient:
     """Synchronous client; ``submit`` runs ``score`` in a background thread and returns a Future."""
 
@@ -206,7 +220,7 @@ class RewardClient:
         self.batch_size = batch_size
         self.image_format = image_format
         self.retry_backoff = retry_backoff
-        self.transport = transport or HttpTransport(url, api_key, timeout)
+        self.transport = transport or make_transport(url, api_key, timeout)
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 

@@ -2,7 +2,7 @@
 
     from shared.client import RewardClient
     from shared.queue_client import QueueTransport
-    client = RewardClient("redis://host:6379/0", transport=QueueTransport("redis://host:6379/0"))
+    client = RewardClient("redis://host:6379/0")   # picks QueueTransport for redis(s):// URLs
 
 Answers are the same as over HTTP: the same jobs, the same workers, the same assembly of the
 response (``reward_server.service.assemble_response``). The transport learns each reward's
