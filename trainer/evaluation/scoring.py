@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -114,11 +115,15 @@ class ScoreStore:
                     rec = json.loads(line)
                     self.records[rec["key"]] = rec
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    if n == len(lines) - 1:  # cut off by an interruption: that item is scored again
-                        log.warning("%s: ignoring an incomplete last line", path)
-                        continue
-                    raise ConfigError(f"{path}: line {n + 1} is not a score record; use a new --out") from None
-            if lines and not path.read_text(encoding="utf-8").endswith("\n"):
+                    if n < len(lines) - 1:
+                        raise ConfigError(f"{path}: line {n + 1} is not a score record; use a new --out") from None
+                    # cut off by an interruption: drop it (atomically) so that item is scored again
+                    log.warning("%s: dropping an incomplete last line", path)
+                    tmp = path.with_name(path.name + ".tmp")
+                    tmp.write_text("".join(f"{x}\n" for x in lines[:-1]), encoding="utf-8")
+                    os.replace(tmp, path)
+            text = path.read_text(encoding="utf-8")
+            if text and not text.endswith("\n"):  # a whole record whose newline was cut off
                 with path.open("a", encoding="utf-8") as f:
                     f.write("\n")
 
