@@ -3,7 +3,8 @@
 ``psr bench generate`` writes ``{"format": "psrbench-results/1", "meta": {...}, "subsets":
 {"Attribute": [item, ...], ...}}``. For other models' outputs the paper's form is accepted too:
 ``{"Attribute": [item, ...], ...}`` in one file, or a folder holding ``Attribute.json`` etc.
-Relative ``result_path`` values are resolved against the results file's folder.
+Relative ``result_path`` values are resolved against the results file's folder. A folder
+without subset files but with a ``results.json`` (a ``generate`` output folder) reads that file.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def results_document(items: list[BenchItem], result_paths: dict[str, str], meta:
 
 
 def _subset_lists(path: Path, problems: list[str]) -> tuple[dict[str, Any], Path]:
+    has_subsets = path.is_dir() and any((path / f"{s}.json").is_file() for s in SUBSETS)
+    if path.is_dir() and not has_subsets and (path / "results.json").is_file():
+        path = path / "results.json"  # the output folder of `psr bench generate`
     if path.is_dir():
         lists = {s: read_json(path / f"{s}.json", problems) for s in SUBSETS if (path / f"{s}.json").is_file()}
         if not lists:
