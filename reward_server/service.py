@@ -130,6 +130,8 @@ class ScoringService:
         unknown = sorted(set(request.rewards) - set(self.rewards))
         if unknown:
             raise InvalidRequest(f"unknown rewards {unknown}; this server hosts: {', '.join(sorted(self.rewards))}")
+        if not request.samples:
+            raise InvalidRequest("the request has no samples to score")
         if len(request.samples) > self.max_samples:
             raise InvalidRequest(
                 f"{len(request.samples)} samples in one request; the limit is {self.max_samples} (split the batch)"

@@ -136,6 +136,12 @@ class RewardContract:
         scores = scores_of(reward.score(samples))
         assert scores.shape == (len(SIZES),) and np.isfinite(scores).all()
 
+    def test_degenerate_image_shapes(self, reward: Reward) -> None:
+        """1x1 pixels and extreme aspect ratios are legal wire images: scored, not crashed on."""
+        samples = self.make_samples(3, sizes=[(1, 1), (2, 300), (300, 2)])
+        scores = scores_of(reward.score(samples))
+        assert scores.shape == (3,) and np.isfinite(scores).all()
+
     def test_batch_invariance(self, reward: Reward) -> None:
         samples = self.make_samples(4, sizes=SIZES)
         batched = scores_of(reward.score(samples))

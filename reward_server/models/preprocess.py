@@ -55,14 +55,24 @@ def _stack_to_device(images: Sequence[np.ndarray | torch.Tensor], device: torch.
 
 
 def _resize_crop(batch: torch.Tensor, spec: Preprocess) -> torch.Tensor:
-    """(N, 3, H, W) float in [0, 1] -> (N, 3, crop, crop)."""
+    """(N, 3, H, W) uint8 -> (N, 3, crop, crop) float in [0, 1].
+
+    On the CPU the resize runs on uint8 (torch's SIMD kernel: ~10x faster than float and within
+    one grey level of PIL); on a GPU it runs in float32.
+    """
     height, width = batch.shape[-2:]
     scale = spec.resize / min(height, width)
     new_h, new_w = max(spec.crop, round(height * scale)), max(spec.crop, round(width * scale))
+    on_cpu = batch.device.type == "cpu"
+    if not on_cpu:
+        batch = batch.float().div_(255.0)
     if (new_h, new_w) != (height, width):
+        if on_cpu:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         batch = F.interpolate(batch, size=(new_h, new_w), mode=spec.mode, align_corners=False, antialias=True)
     top, left = (new_h - spec.crop) // 2, (new_w - spec.crop) // 2
-    return batch[..., top : top + spec.crop, left : left + spec.crop].clamp_(0.0, 1.0)
+    batch = batch[..., top : top + spec.crop, left : left + spec.crop]
+    return batch.float().div_(255.0) if on_cpu else batch.clamp_(0.0, 1.0)
 
 
 def preprocess_batch(
@@ -79,8 +89,7 @@ def preprocess_batch(
         groups[tuple(image.shape[:2])].append(i)
     out = torch.empty(len(images), 3, spec.crop, spec.crop, device=device, dtype=torch.float32)
     for indices in groups.values():
-        batch = _stack_to_device([images[i] for i in indices], device).float().div_(255.0)
-        out[indices] = _resize_crop(batch, spec)
+        out[indices] = _resize_crop(_stack_to_device([images[i] for i in indices], device), spec)
     mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
     return ((out - mean) / std).to(dtype)

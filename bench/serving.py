@@ -1,0 +1,110 @@
+"""Serving overhead and dynamic batching, measured in one run.
+
+1. served / bare: images per second of a reward called directly (``reward.score`` in batches)
+   vs. the same reward behind ``psr serve`` over HTTP (msgpack, raw uint8), with several
+   concurrent clients.
+2. batching gain: many concurrent single-image callers against a reward with a fixed cost per
+   model call, with ``max_batch_size`` 32 vs 1.
+
+    python -m bench.serving [--reward dino_i] [--images 256] [--clients 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from reward_server.config import ServerConfig
+from reward_server.models.quiet import quiet_model_libraries
+from reward_server.registry import build_rewards, load_rewards
+from shared.client import RewardClient
+from shared.config import load_config
+from shared.protocol import Sample, Subject
+from tests.servers import server_process
+
+
+def make_samples(n: int, size: int, seed: int = 0) -> list[Sample]:
+    rng = np.random.default_rng(seed)
+    ref = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    return [
+        Sample(rng.integers(0, 255, (size, size, 3), dtype=np.uint8), "a dog on a sofa", (Subject("dog", ref),))
+        for _ in range(n)
+    ]
+
+
+def bare_throughput(config: ServerConfig, name: str, samples: list[Sample]) -> float:
+    reward = build_rewards(config, only=[name])[name]
+    load_rewards({name: reward})
+    batch = reward.spec.max_batch_size
+    reward.score(samples[:batch])  # warm-up
+    start = time.perf_counter()
+    for i in range(0, len(samples), batch):
+        reward.score(samples[i : i + batch])
+    return len(samples) / (time.perf_counter() - start)
+
+
+def served_throughput(url: str, name: str, samples: list[Sample], clients: int, per_request: int) -> float:
+    chunks = [samples[i : i + per_request] for i in range(0, len(samples), per_request)]
+    with RewardClient(url, image_format="raw") as client:
+
+        def send(chunk: list[Sample]) -> None:
+            client.score(
+                [s.image for s in chunk], {name: 1.0}, prompts=[s.prompt for s in chunk],
+                subjects=[[(x.category, x.reference) for x in s.subjects] for s in chunk],
+            )
+
+        send(chunks[0])  # warm-up
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(send, chunks))
+        return len(samples) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="rewards.yaml (default: psr make-tiny into a temp dir)")
+    parser.add_argument("--reward", default="dino_i")
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--per-request", type=int, default=16)
+    args = parser.parse_args()
+    quiet_model_libraries()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.config:
+            config_path = Path(args.config)
+        else:
+            from reward_server.tiny import make_tiny
+
+            config_path = make_tiny(Path(tmp) / "tiny")
+        config = load_config(ServerConfig, config_path)
+        samples = make_samples(args.images, args.size)
+
+        bare = bare_throughput(config, args.reward, samples)
+        with server_process(config_path, "--rewards", args.reward) as url:
+            served = served_throughput(url, args.reward, samples, args.clients, args.per_request)
+        print(f"[1] {args.reward}: bare {bare:.1f} img/s, served {served:.1f} img/s "
+              f"({args.clients} clients x {args.per_request} images/request)")
+        print(f"    served / bare = {served / bare:.3f}")
+
+        results = {}
+        for max_batch in (1, 32):
+            cfg = Path(tmp) / f"cost{max_batch}.yaml"
+            cfg.write_text(yaml.safe_dump({"rewards": {"cost": {
+                "type": "fixed_cost", "max_batch_size": max_batch, "max_wait_ms": 5,
+                "options": {"seconds_per_batch": 0.01}}}}))
+            with server_process(cfg) as url:
+                results[max_batch] = served_throughput(url, "cost", make_samples(128, 16), clients=32, per_request=1)
+        print(f"[2] fixed 10 ms per model call, 32 concurrent single-image callers: "
+              f"max_batch_size=1 {results[1]:.1f} img/s, =32 {results[32]:.1f} img/s")
+        print(f"    batching gain = {results[32] / results[1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

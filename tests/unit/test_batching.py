@@ -1,0 +1,231 @@
+"""Dynamic batching: the pure pieces, then the asyncio batcher (synchronised with events, not sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from reward_server.batching import DynamicBatcher, Pending, score_isolated, split_into_chunks, take_batch
+from reward_server.rewards.base import ScoreResult
+from shared.protocol import Sample
+
+IMAGE = np.zeros((2, 2, 3), np.uint8)
+
+
+def samples(*prompts: str) -> list[Sample]:
+    return [Sample(image=IMAGE, prompt=p) for p in prompts]
+
+
+class Recorder:
+    """A score function that records each batch's prompts and fails batches holding 'bad'."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: Sequence[Sample]) -> list[ScoreResult]:
+        with self.lock:
+            self.batches.append([s.prompt for s in batch])
+        if any(s.prompt == "bad" for s in batch):
+            raise RuntimeError("model choked on 'bad'")
+        return [ScoreResult(float(len(s.prompt))) for s in batch]
+
+
+async def wait_until(condition, timeout: float = 5.0) -> None:
+    """Poll ``condition`` on the event loop until it holds or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.001)
+
+
+# ------------------------------------------------------------------------------ pure pieces
+
+
+def test_split_into_chunks() -> None:
+    chunks = split_into_chunks(samples(*"abcdefg"), 3)
+    assert [[s.prompt for s in c] for c in chunks] == [["a", "b", "c"], ["d", "e", "f"], ["g"]]
+    assert split_into_chunks([], 3) == []
+
+
+def test_take_batch_fills_up_to_the_limit_and_skips_abandoned() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        queue = deque(Pending(samples(*"x" * n), loop.create_future()) for n in (2, 1, 3, 1))
+        queue[1].future.cancel()  # its caller gave up
+        first = take_batch(queue, 4)
+        assert [len(p.samples) for p in first] == [2]  # 2 + (skipped) + 3 > 4
+        assert len(queue) == 2
+        second = take_batch(queue, 4)
+        assert [len(p.samples) for p in second] == [3, 1]
+        assert take_batch(queue, 4) == []
+    finally:
+        loop.close()
+
+
+def test_score_isolated_fails_only_the_failing_request() -> None:
+    record = Recorder()
+    groups = [samples("aa", "b"), samples("bad", "ccc"), samples("dddd")]
+    out = score_isolated(record, groups)
+    assert [[r.score for r in g] for g in out] == [[2.0, 1.0], [None, None], [4.0]]
+    assert all("model choked" in r.error for r in out[1])
+    assert record.batches[0] == ["aa", "b", "bad", "ccc", "dddd"]  # tried merged first
+    assert len(record.batches) == 4  # then each request alone
+
+
+def test_score_isolated_catches_a_wrong_result_count() -> None:
+    out = score_isolated(lambda batch: [ScoreResult(1.0)], [samples("a", "b")])
+    assert out[0][0].score is None and "2 samples" in out[0][0].error
+
+
+# ------------------------------------------------------------------------------ the batcher
+
+
+def test_concurrent_submissions_are_merged_up_to_max_batch_size() -> None:
+    record = Recorder()
+
+    async def main() -> list[list[ScoreResult]]:
+        batcher = DynamicBatcher(record, max_batch_size=4, max_wait_ms=60_000)
+        try:
+            return await asyncio.gather(*(batcher.submit(samples("x" * (i + 1))) for i in range(8)))
+        finally:
+            await batcher.close()
+
+    results = asyncio.run(main())
+    assert [r[0].score for r in results] == [float(i + 1) for i in range(8)]  # each caller its own answer
+    assert [len(b) for b in record.batches] == [4, 4]  # full batches close without waiting 60 s
+
+
+def test_a_large_request_is_split_and_reassembled_in_order() -> None:
+    record = Recorder()
+
+    async def main() -> list[ScoreResult]:
+        batcher = DynamicBatcher(record, max_batch_size=3, max_wait_ms=0)
+        try:
+            return await batcher.submit(samples(*("x" * n for n in range(1, 8))))
+        finally:
+            await batcher.close()
+
+    assert [r.score for r in asyncio.run(main())] == [float(n) for n in range(1, 8)]
+    assert max(len(b) for b in record.batches) == 3
+
+
+def test_a_lone_request_is_scored_after_max_wait_ms() -> None:
+    record = Recorder()
+
+    async def main() -> tuple[float, list[ScoreResult]]:
+        batcher = DynamicBatcher(record, max_batch_size=2, max_wait_ms=150)
+        try:
+            started = time.monotonic()
+            result = await batcher.submit(samples("a"))
+            return time.monotonic() - started, result
+        finally:
+            await batcher.close()
+
+    waited, result = asyncio.run(main())
+    assert 0.14 <= waited < 5.0 and result[0].score == 1.0
+
+
+def test_a_later_request_joins_a_waiting_batch() -> None:
+    record = Recorder()
+
+    async def main() -> list[list[ScoreResult]]:
+        batcher = DynamicBatcher(record, max_batch_size=2, max_wait_ms=60_000)
+        try:
+            first = asyncio.ensure_future(batcher.submit(samples("bb")))
+            await wait_until(lambda: batcher.queued_samples == 1)
+            second = await batcher.submit(samples("ccc"))  # fills the batch: no wait for the deadline
+            return [await first, second]
+        finally:
+            await batcher.close()
+
+    results = asyncio.run(main())
+    assert [r[0].score for r in results] == [2.0, 3.0]
+    assert record.batches == [["bb", "ccc"]]
+
+
+def test_failing_request_in_a_merged_batch_fails_only_itself() -> None:
+    record = Recorder()
+
+    async def main() -> list[list[ScoreResult]]:
+        batcher = DynamicBatcher(record, max_batch_size=8, max_wait_ms=20)
+        try:
+            return await asyncio.gather(*(batcher.submit(samples(p)) for p in ("a", "bad", "ccc")))
+        finally:
+            await batcher.close()
+
+    good, bad, other = asyncio.run(main())
+    assert good[0].score == 1.0 and other[0].score == 3.0
+    assert bad[0].score is None and "model choked" in bad[0].error
+    assert record.batches[0] == ["a", "bad", "ccc"]
+
+
+def test_a_cancelled_caller_is_skipped() -> None:
+    entered, release = threading.Event(), threading.Event()
+    scored: list[str] = []
+
+    def blocking(batch: Sequence[Sample]) -> list[ScoreResult]:
+        scored.extend(s.prompt for s in batch)
+        if batch[0].prompt == "first":
+            entered.set()
+            release.wait(10)
+        return [ScoreResult(1.0) for _ in batch]
+
+    async def main() -> list[ScoreResult]:
+        batcher = DynamicBatcher(blocking, max_batch_size=1, max_wait_ms=0)
+        try:
+            first = asyncio.ensure_future(batcher.submit(samples("first")))
+            await asyncio.to_thread(entered.wait, 10)
+            gone = asyncio.ensure_future(batcher.submit(samples("gone")))
+            kept = asyncio.ensure_future(batcher.submit(samples("kept")))
+            await wait_until(lambda: batcher.queued_samples == 2)
+            gone.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await gone
+            assert batcher.queued_samples == 1
+            release.set()
+            await first
+            return await kept
+        finally:
+            release.set()
+            await batcher.close()
+
+    assert [r.score for r in asyncio.run(main())] == [1.0]
+    assert scored == ["first", "kept"]
+
+
+def test_observer_sees_batch_sizes_and_failures() -> None:
+    seen: list[tuple[int, bool]] = []
+
+    async def main() -> None:
+        batcher = DynamicBatcher(
+            Recorder(),
+            max_batch_size=4,
+            max_wait_ms=60_000,
+            observer=lambda n, s, failed: seen.append((n, failed)),
+        )
+        try:
+            await asyncio.gather(*(batcher.submit(samples(p)) for p in ("a", "b", "c", "bad")))
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
+    assert seen == [(4, True)]
+
+
+def test_empty_submission_returns_at_once() -> None:
+    async def main() -> list[ScoreResult]:
+        batcher = DynamicBatcher(Recorder(), max_batch_size=4, max_wait_ms=60_000)
+        try:
+            return await batcher.submit([])
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(main()) == []

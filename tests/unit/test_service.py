@@ -1,0 +1,136 @@
+"""ScoringService: validation, input checks, totals and failures, without HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from reward_server.config import RewardSpec
+from reward_server.rewards import Reward, ScoreResult
+from reward_server.rewards.base import REFERENCES
+from reward_server.rewards.synthetic import BrightnessReward, FixedCostReward
+from reward_server.service import LocalBackend, RewardUnavailable, ScoringService, assemble_response
+from shared.images import encode_image
+from shared.protocol import InvalidRequest, SampleIn, ScoreRequest, ScoreResponse, SubjectIn
+
+IMAGE = np.full((4, 4, 3), 51, np.uint8)  # brightness 0.2
+
+
+class NaNOnPrompt(Reward):
+    """Returns NaN/inf on chosen prompts; needs references."""
+
+    type_name = "nan_for_tests"
+    inputs = frozenset({REFERENCES})
+
+    def load(self) -> None:
+        pass
+
+    def score(self, samples: Sequence) -> list[ScoreResult]:
+        values = {"nan": math.nan, "inf": math.inf}
+        return [ScoreResult(values.get(s.prompt, 0.5), details={"p": s.prompt}) for s in samples]
+
+
+def make_rewards() -> dict[str, Reward]:
+    rewards = {
+        "brightness": BrightnessReward("brightness", RewardSpec(type="brightness")),
+        "cost": FixedCostReward("cost", RewardSpec(type="fixed_cost", options={"error_on": "oops"})),
+        "refs": NaNOnPrompt("refs", RewardSpec(type="nan_for_tests")),
+    }
+    for reward in rewards.values():
+        reward.load()
+        reward.loaded = True
+    return rewards
+
+
+def sample(prompt: str = "abc", refs: int = 1) -> SampleIn:
+    return SampleIn(
+        image=encode_image(IMAGE, "raw"),
+        prompt=prompt,
+        subjects=[SubjectIn(category="dog", reference=encode_image(IMAGE, "png")) for _ in range(refs)],
+    )
+
+
+def run(request: ScoreRequest, rewards: dict[str, Reward] | None = None, **kwargs) -> ScoreResponse:
+    rewards = rewards or make_rewards()
+
+    async def main() -> ScoreResponse:
+        backend = LocalBackend(rewards)
+        try:
+            return await ScoringService(rewards, backend, **kwargs).score(request)
+        finally:
+            await backend.close()
+
+    return asyncio.run(main())
+
+
+def test_scores_and_weighted_total() -> None:
+    response = run(
+        ScoreRequest(rewards={"brightness": 2.0, "cost": 1.0}, samples=[sample("abc"), sample("abcdefg")])
+    )
+    assert response.scores["brightness"] == pytest.approx([0.2, 0.2])
+    assert response.scores["cost"] == pytest.approx([0.3, 0.7])
+    assert response.total == pytest.approx([0.7, 1.1])
+    assert response.errors == [] and set(response.versions) == {"brightness", "cost"}
+    assert "cost" in response.details and "brightness" not in response.details
+
+
+def test_unknown_reward_lists_hosted_ones() -> None:
+    with pytest.raises(
+        InvalidRequest, match=r"unknown rewards \['clip'\]; this server hosts: brightness, cost, refs"
+    ):
+        run(ScoreRequest(rewards={"clip": 1.0}, samples=[sample()]))
+
+
+def test_missing_references_name_the_sample() -> None:
+    request = ScoreRequest(rewards={"refs": 1.0}, samples=[sample(), sample(refs=0)])
+    with pytest.raises(InvalidRequest, match=r"samples\[1\]: reward 'refs' needs subjects"):
+        run(request)
+
+
+def test_total_is_null_when_one_part_failed() -> None:
+    response = run(
+        ScoreRequest(rewards={"brightness": 1.0, "cost": 1.0}, samples=[sample("ok"), sample("oops")])
+    )
+    assert response.scores["cost"][1] is None and response.scores["brightness"][1] == pytest.approx(0.2)
+    assert response.total[0] == pytest.approx(0.4) and response.total[1] is None
+    assert [(e.sample, e.reward) for e in response.errors] == [(1, "cost")]
+    assert "oops" in response.errors[0].message
+
+
+def test_non_finite_score_becomes_null_with_an_error() -> None:
+    response = run(
+        ScoreRequest(rewards={"refs": 1.0}, samples=[sample("fine"), sample("nan"), sample("inf")])
+    )
+    assert response.scores["refs"] == [0.5, None, None]
+    assert response.total == [0.5, None, None]
+    assert [e.sample for e in response.errors] == [1, 2]
+    assert all("non-finite" in e.message for e in response.errors)
+    assert response.details["refs"][1] == {"p": "nan"}  # details survive the failure
+
+
+def test_too_many_samples_no_samples_and_bad_images_are_refused() -> None:
+    with pytest.raises(InvalidRequest, match="no samples"):
+        run(ScoreRequest(rewards={"brightness": 1.0}, samples=[]))
+    with pytest.raises(InvalidRequest, match="limit is 2"):
+        run(ScoreRequest(rewards={"brightness": 1.0}, samples=[sample()] * 3), max_samples_per_request=2)
+    broken = SampleIn(image=b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(InvalidRequest, match=r"samples\[1\]\.image"):
+        run(ScoreRequest(rewards={"brightness": 1.0}, samples=[sample(), broken]))
+
+
+def test_unloaded_reward_is_unavailable() -> None:
+    rewards = make_rewards()
+    rewards["cost"].loaded = False
+    with pytest.raises(RewardUnavailable, match="cost"):
+        run(ScoreRequest(rewards={"cost": 1.0}, samples=[sample()]), rewards)
+
+
+def test_assemble_response_only_totals_requested_weights() -> None:
+    results = {"a": [ScoreResult(1.0), ScoreResult.failed("no")], "b": [ScoreResult(2.0), ScoreResult(3.0)]}
+    response = assemble_response({"a": 0.5, "b": -1.0}, results, {"a": "va", "b": "vb"}, 2)
+    assert response.total == [pytest.approx(-1.5), None]
+    assert response.errors[0].message == "no"
