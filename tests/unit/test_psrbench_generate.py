@@ -11,7 +11,7 @@ from PIL import Image
 
 from shared.config import ConfigError
 from trainer.evaluation.dataset import load_bench
-from trainer.evaluation.generate import item_seed, run_generation
+from trainer.evaluation.generate import item_seed, lazy, run_generation
 from trainer.evaluation.results import load_result_paths
 from trainer.evaluation.synthetic import make_synthetic_bench
 
@@ -98,3 +98,16 @@ def test_a_generator_returning_too_few_images_is_an_error(bench, tmp_path):
 def test_seeds_do_not_depend_on_batching():
     assert item_seed(0, "Four/0001") == item_seed(0, "Four/0001")
     assert item_seed(0, "Four/0001") != item_seed(1, "Four/0001") != item_seed(0, "Four/0002")
+
+
+def test_the_model_loads_only_when_something_is_left_to_generate(bench, tmp_path):
+    items = load_bench(bench, ["Attribute"])
+    loads = []
+
+    def load():
+        loads.append(1)
+        return FakeGenerator()
+
+    run_generation(items, bench, lazy(load), tmp_path / "gen")
+    run_generation(items, bench, lazy(load), tmp_path / "gen")
+    assert loads == [1]

@@ -81,15 +81,16 @@ def _clear(out: Path, names: list[str]) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from trainer.evaluation.generate import RESULTS_NAME, run_generation
+    from trainer.evaluation.generate import RESULTS_NAME, lazy, run_generation
     from trainer.evaluation.model import load_generate_fn
 
     items = _load_items(args)
     out = Path(args.out)
     if args.restart:
         _clear(out, [RESULTS_NAME, "images"])
-    generate = load_generate_fn(args.model, lora=args.lora, device=args.device, dtype=args.dtype,
-                                steps=args.steps, size=args.size, ref_size=args.ref_size, guidance=args.guidance)
+    generate = lazy(lambda: load_generate_fn(args.model, lora=args.lora, device=args.device, dtype=args.dtype,
+                                             steps=args.steps, size=args.size, ref_size=args.ref_size,
+                                             guidance=args.guidance))
     meta = {"model": args.model, "lora": args.lora, "steps": args.steps, "size": args.size,
             "ref_size": args.ref_size, "guidance": args.guidance}
     with _progress(len(items), args.no_progress, "generate") as bar:

@@ -25,6 +25,18 @@ GenerateFn = Callable[[Sequence[str], Sequence[Sequence[np.ndarray]], Sequence[i
 RESULTS_NAME = "results.json"
 
 
+def lazy(load: Callable[[], GenerateFn]) -> GenerateFn:
+    """A generator that loads the model on its first call (a finished run never loads it)."""
+    loaded: list[GenerateFn] = []
+
+    def generate(prompts, references, seeds):
+        if not loaded:
+            loaded.append(load())
+        return loaded[0](prompts, references, seeds)
+
+    return generate
+
+
 def item_seed(seed: int, key: str) -> int:
     """A per-item seed that does not depend on batching or on which items were already done."""
     return (seed * 1_000_003 + zlib.crc32(key.encode())) % (2**31)

@@ -1,0 +1,93 @@
+"""``psr bench generate`` end to end on the tiny multi-reference pipeline, then ``psr bench score``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from tests.servers import REPO, psr_command, repo_env, server_process
+
+pytestmark = pytest.mark.slow
+pipeline = pytest.importorskip("trainer.pipeline")
+
+
+def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(psr_command(*args), cwd=REPO, env=repo_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def generator(tmp_path_factory) -> Path:
+    from trainer.tiny import make_tiny_generator
+
+    return make_tiny_generator(tmp_path_factory.mktemp("generator") / "generator")
+
+
+def make_lora(generator: Path, out: Path) -> Path:
+    """A random (non-zero) LoRA on the tiny transformer, saved the way PEFT saves adapters."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel.from_pretrained(generator, subfolder="transformer")
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False)
+    get_peft_model(transformer, config).save_pretrained(out)
+    return out
+
+
+def generate(bench: Path, model: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run("bench", "generate", "--data", str(bench), "--model", str(model), "--out", str(out),
+               "--steps", "2", "--size", "32", "--ref-size", "32", "--batch-size", "4", "--device", "cpu",
+               "--no-progress", *extra)
+
+
+def test_generate_rerun_lora_then_score(generator, tmp_path):
+    bench = tmp_path / "bench"
+    assert run("bench", "make-synthetic", str(bench), "--items", "1", "--size", "32").returncode == 0
+    out = tmp_path / "gen"
+
+    full = generate(bench, generator, out)
+    assert full.returncode == 0, full.stderr
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["meta"]["model"] == str(generator) and doc["meta"]["lora"] is None
+    paths = {s: [out / e["result_path"] for e in items] for s, items in doc["subsets"].items()}
+    assert len(paths) == 7 and all(p.is_file() for ps in paths.values() for p in ps)
+    stamps = {p: p.stat().st_mtime_ns for ps in paths.values() for p in ps}
+    again = generate(bench, generator, out)  # everything done: nothing generated (interrupted runs: unit tests)
+    assert again.returncode == 0 and all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    with Image.open(paths["Four"][0]) as img:
+        assert img.size == (32, 32)
+        base = np.asarray(img.convert("RGB"))
+
+    lora_out = tmp_path / "gen-lora"
+    lora = make_lora(generator, tmp_path / "lora")
+    with_lora = generate(bench, generator, lora_out, "--lora", str(lora), "--subsets", "Four")
+    assert with_lora.returncode == 0, with_lora.stderr
+    tuned = np.asarray(Image.open(lora_out / "images" / "Four" / "0000.png").convert("RGB"))
+    assert np.abs(tuned.astype(int) - base).max() > 0  # the adapter changed the model
+    refused = generate(bench, generator, lora_out, "--lora", str(lora), "--subsets", "Four", "--seed", "3")
+    assert refused.returncode == 2 and "other seed" in refused.stderr and "Traceback" not in refused.stderr
+    missing = generate(bench, tmp_path / "no-model", tmp_path / "gen-none", "--subsets", "Four")
+    assert missing.returncode == 2 and "cannot load the generator" in missing.stderr
+
+    config = tmp_path / "rewards.yaml"  # model-free rewards: this test is about the generate -> score path
+    config.write_text(yaml.safe_dump({"rewards": {"brightness": {"type": "brightness"},
+                                                  "red": {"type": "color", "options": {"target": [255, 0, 0]}}}}))
+    sets = ["rewards.sc=brightness", "rewards.sc_paper=null", "rewards.sa=red", "rewards.sa_position=brightness",
+            "rewards.aesthetics=null"]
+    with server_process(config) as url:
+        scored = run("bench", "score", "--data", str(bench), "--results", str(out), "--server", url,
+                     "--out", str(tmp_path / "scored"), "--no-progress", *[a for s in sets for a in ("--set", s)])
+    assert scored.returncode == 0, scored.stderr
+    recs = [json.loads(x) for x in (tmp_path / "scored" / "scores.jsonl").read_text().splitlines()]
+    assert len(recs) == 7 and all(not r["errors"] for r in recs)
+    four = next(r for r in recs if r["key"] == "Four/0000")
+    assert four["scores"]["sc"] == pytest.approx(base.mean() / 255.0, abs=1e-6)
+    assert "| Overall" in scored.stdout and "SC (paper)" not in scored.stdout
