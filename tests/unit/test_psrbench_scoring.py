@@ -199,8 +199,8 @@ def test_unhosted_reward_names_and_changed_settings_are_refused(tmp_path):
 
 def test_optional_dimensions_can_be_left_out():
     config = BenchConfig(rewards={"sc_paper": None, "aesthetics": None})
-    assert config.routes("Position") == {"sc": "subject_consistency", "sa": "position"}
-    assert config.reward_names(["Attribute", "Position"]) == ["position", "subject_consistency", "vlm_judge"]
+    assert config.routes("Position") == {"sc": "subject", "sa": "position"}
+    assert config.reward_names(["Attribute", "Position"]) == ["judge", "position", "subject"]
     with pytest.raises(ValueError, match="extra"):
         BenchConfig(rewards={"judge": "x"})
 

@@ -33,12 +33,13 @@ POSITION = "Position"
 
 
 class BenchRewards(StrictModel):
-    """Which server reward computes each dimension (names as in the server's rewards.yaml)."""
+    """Which server reward computes each dimension (names as in the server's rewards.yaml; the
+    defaults are the names ``psr make-tiny`` writes)."""
 
-    sc: str = Field(default="subject_consistency", description="subject consistency, one-to-one protocol")
-    sc_paper: str | None = Field(default="subject_consistency_paper",
-                                 description="subject consistency, the paper's protocol (null: not reported)")
-    sa: str = Field(default="vlm_judge", description="semantic alignment of every subset but Position (0-1)")
+    sc: str = Field(default="subject", description="subject consistency, one-to-one protocol")
+    sc_paper: str | None = Field(default="subject_paper", description="subject consistency, the paper's "
+                                 "protocol (a subject_consistency reward with paper_fallback: true; null: not reported)")
+    sa: str = Field(default="judge", description="semantic alignment of every subset but Position (0-1)")
     sa_position: str = Field(default="position", description="semantic alignment of Position: the box rule")
     aesthetics: str | None = Field(default="hpsv2", description="aesthetics/preference (null: not reported)")
 
