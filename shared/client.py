@@ -78,6 +78,10 @@ class Scores:
         )
 
     @classmethod
+    def empty(cls, rewards: dict[str, float]) -> Scores:
+        return cls(scores={k: np.empty(0) for k in rewards}, total=np.empty(0))
+
+    @classmethod
     def concat(cls, parts: list[Scores]) -> Scores:
         """Join the answers of consecutive chunks; error sample indices are shifted to match."""
         if len(parts) == 1:
@@ -133,7 +137,7 @@ def build_requests(
         if metadata is not None:
             sample["metadata"] = metadata[i]
         samples.append(sample)
-    chunks = [samples[i : i + batch_size] for i in range(0, n, batch_size)] or [[]]
+    chunks = [samples[i : i + batch_size] for i in range(0, n, batch_size)]
     return [{"rewards": dict(rewards), "samples": chunk} for chunk in chunks]
 
 
@@ -218,6 +222,8 @@ class RewardClient:
         requests = build_requests(
             images, rewards, prompts, subjects, metadata, self.image_format, self.batch_size
         )
+        if not requests:
+            return Scores.empty(rewards)
         return Scores.concat([Scores.from_response(self._send(r)) for r in requests])
 
     def submit(self, *args: Any, **kwargs: Any) -> Future[Scores]:
@@ -288,6 +294,8 @@ class AsyncRewardClient:
         requests = build_requests(
             images, rewards, prompts, subjects, metadata, self.image_format, self.batch_size
         )
+        if not requests:
+            return Scores.empty(rewards)
         parts = await asyncio.gather(*(self._send(r) for r in requests))
         return Scores.concat([Scores.from_response(p) for p in parts])
 

@@ -84,3 +84,9 @@ def test_build_requests_checks_lengths_and_encodes_subjects():
     subjects = request["samples"][0]["subjects"]
     assert subjects[0]["category"] == "dog" and subjects[0]["reference"]["shape"] == [3, 4, 3]
     assert subjects[1] == {"category": "cat", "reference": None}
+
+
+def test_no_images_means_no_request():
+    transport = ScriptedTransport()
+    res = client(transport).score([], {"b": 1.0})
+    assert len(res) == 0 and res.scores["b"].shape == (0,) and transport.requests == []

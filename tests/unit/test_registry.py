@@ -20,6 +20,7 @@ from reward_server.rewards import (
     reward_types,
 )
 from reward_server.rewards.synthetic import BrightnessReward
+from shared.config import ConfigError
 
 
 class NotAReward:
@@ -105,7 +106,7 @@ def test_a_module_that_fails_to_import_stops_discovery(
 def test_build_rewards_only_and_unknown_names() -> None:
     config = ServerConfig(rewards={"b": RewardSpec(type="brightness"), "r": RewardSpec(type="color")})
     assert list(build_rewards(config, only=["r"])) == ["r"]
-    with pytest.raises(KeyError, match="configured: b, r"):
+    with pytest.raises(ConfigError, match="configured: b, r"):
         build_rewards(config, only=["nope"])
 
 
