@@ -64,7 +64,8 @@ class FakeClient:
                     errors.append({"sample": i, "reward": name, "message": "judge answer not parsable: 'maybe'"})
             scores[name] = col
         total = sum(scores.values())
-        return Scores(scores, total, errors, {n: [{"n": i} for i in range(len(images))] for n in rewards},
+        details = {n: [{"n": i, "similarity": [0.5, float("nan")]} for i in range(len(images))] for n in rewards}
+        return Scores(scores, total, errors, details,
                       dict.fromkeys(rewards, "fake/1"))
 
     def submit(self, *args, **kwargs) -> Future:
@@ -103,6 +104,7 @@ def test_position_items_route_to_the_box_rule(bench, tmp_path):
         assert ("box_rule" in call["rewards"]) == position and ("judge" in call["rewards"]) != position
     # Three and Four send all their subjects; scores are the service's, per dimension
     assert {n for c in client.calls for n in c["n_subjects"]} == {2, 3, 4}
+    assert records["Four/0001"]["details"]["sc"] == {"n": 1, "similarity": [0.5, None]}  # NaN inside -> null
     image = np.asarray(Image.open(records["Four/0001"]["result_path"]).convert("RGB"))
     assert records["Four/0001"]["scores"]["aesthetics"] == pytest.approx(FakeClient.value(image, "aes"))
 

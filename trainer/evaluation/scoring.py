@@ -72,6 +72,17 @@ def _finite(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
+def json_safe(obj: Any) -> Any:
+    """Details as strict JSON: non-finite floats become ``None`` (a reward may report NaN inside)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def failed_record(item: BenchItem, result_path: Path | None, dims: Iterable[str], reason: str) -> dict[str, Any]:
     """A record whose every dimension failed for the same reason (no image, unreadable file...)."""
     dims = list(dims)
@@ -96,7 +107,7 @@ def records_from_scores(items: list[BenchItem], paths: list[Path], routes: dict[
                 rec["errors"][dim] = reasons.get((i, name), f"reward {name!r} returned no score")
             details = res.details.get(name)
             if details and details[i] is not None:
-                rec["details"][dim] = details[i]
+                rec["details"][dim] = json_safe(details[i])
             if name in res.versions:
                 rec["versions"][dim] = res.versions[name]
         out.append(rec)
