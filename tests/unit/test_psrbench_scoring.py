@@ -14,7 +14,7 @@ from shared.client import RewardServiceError, Scores
 from shared.config import ConfigError
 from trainer.evaluation.dataset import load_bench
 from trainer.evaluation.radar import plot_radar, radar_size
-from trainer.evaluation.report import csv_table, markdown_report, summarize
+from trainer.evaluation.report import csv_table, load_summary, markdown_report, summarize, write_reports
 from trainer.evaluation.results import load_result_paths
 from trainer.evaluation.scoring import (
     BenchAborted,
@@ -219,3 +219,15 @@ def test_radar_png_has_the_expected_size(bench, tmp_path):
         assert img.format == "PNG" and img.size == radar_size(4) == (1600, 460)
         pixels = np.asarray(img.convert("RGB"))
     assert (pixels.std(axis=(0, 1)) > 10).all()  # something was drawn
+
+
+def test_compare_takes_summaries_and_explains_results_files(bench, tmp_path):
+    scorer, items = make_scorer(bench, FakeClient(), tmp_path / "out")
+    scorer.run(scorer.pending(items))
+    write_reports(summarize(scorer.store.records.values(), "A"), tmp_path / "out")
+    assert load_summary(tmp_path / "out")["label"] == "A"  # the run folder or its summary.json
+    assert load_summary(tmp_path / "out" / "summary.json")["table"]["Overall"]["items"] == 14
+    with pytest.raises(ConfigError, match="score it first with `psr bench score`"):
+        load_summary(bench / "results" / "results.json")
+    with pytest.raises(ConfigError, match="cannot read the summary"):
+        load_summary(tmp_path / "missing.json")

@@ -53,6 +53,7 @@ def plot_radar(summaries: list[dict[str, Any]], path: str | Path) -> Path:
         ax.yaxis.set_major_locator(MaxNLocator(4))
         ax.set_xticks(angles)
         ax.set_xticklabels(subsets, fontsize=8)
+        ax.tick_params(axis="x", pad=6)
         ax.tick_params(axis="y", labelsize=7)
         ax.set_title(LABELS[dim], pad=18)
     handles, labels = axes[0][0].get_legend_handles_labels()
