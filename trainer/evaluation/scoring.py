@@ -48,8 +48,8 @@ class BenchConfig(StrictModel):
     """``psr bench score`` settings (YAML via ``--config``, ``--set key=value`` overrides)."""
 
     rewards: BenchRewards = Field(default_factory=BenchRewards)
-    batch_size: int = Field(default=8, ge=1, le=1024, description="items per scoring request")
-    concurrency: int = Field(default=2, ge=1, le=64, description="requests in flight at once")
+    batch_size: int = Field(default=16, ge=1, le=1024, description="items per scoring request")
+    concurrency: int = Field(default=4, ge=1, le=64, description="requests in flight at once (the server batches across them)")
     image_format: str = Field(default="raw", pattern="^(raw|png|jpeg)$", description="how images travel")
     ready_timeout_s: float = Field(default=300.0, ge=0, description="how long to wait for rewards to load")
 
