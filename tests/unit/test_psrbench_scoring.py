@@ -231,3 +231,19 @@ def test_compare_takes_summaries_and_explains_results_files(bench, tmp_path):
         load_summary(bench / "results" / "results.json")
     with pytest.raises(ConfigError, match="cannot read the summary"):
         load_summary(tmp_path / "missing.json")
+
+
+def test_subject_detection_counts_from_sc_details():
+    def rec(subset, subjects):
+        return {"subset": subset, "scores": {"sc": 0.5}, "errors": {}, "rewards": {"sc": "subject"},
+                "details": {"sc": {"subjects": subjects}}}
+
+    found, missing = {"missing": False, "confused": False}, {"missing": True, "confused": False}
+    confused = {"missing": False, "confused": True}
+    records = [rec("Three", [found, missing, confused]), rec("Four", [found, found, missing, missing]),
+               {**rec("Four", []), "details": {"sc": {"per_reference": [0.1]}}}]  # a reward without subjects
+    summary = summarize(records, "x")
+    assert summary["subjects"] == {"Three": {"subjects": 3, "missing": 1, "confused": 1},
+                                   "Four": {"subjects": 4, "missing": 2, "confused": 0},
+                                   "Overall": {"subjects": 7, "missing": 3, "confused": 1}}
+    assert "| Four    |        4 |       2 |        0 |" in markdown_report(summary)

@@ -52,7 +52,23 @@ def summarize(records: Iterable[dict], label: str) -> dict[str, Any]:
         "rewards": _reward_names(records),
         "table": table,
         "failure_reasons": [{"dimension": d, "reason": why, "count": n} for (d, why), n in reasons.most_common()],
+        "subjects": {g: c for g in [*subsets, OVERALL] if (c := subject_counts(records, g))},
     }
+
+
+def subject_counts(records: list[dict], group: str) -> dict[str, int] | None:
+    """Subjects checked, missing and confused in the one-to-one SC details (None when not reported)."""
+    counts = Counter()
+    for r in records:
+        details = r["details"].get("sc")
+        if group not in (OVERALL, r["subset"]) or not isinstance(details, dict):
+            continue
+        subjects = details.get("subjects")
+        if isinstance(subjects, list):
+            counts["subjects"] += len(subjects)
+            counts["missing"] += sum(1 for s in subjects if isinstance(s, dict) and s.get("missing"))
+            counts["confused"] += sum(1 for s in subjects if isinstance(s, dict) and s.get("confused"))
+    return dict(counts) if counts else None
 
 
 def _reward_names(records: list[dict]) -> dict[str, list[str]]:
@@ -82,6 +98,12 @@ def markdown_report(summary: dict[str, Any]) -> str:
     lines = [f"# PSRBench: {summary['label']}", "", markdown_table(summary), ""]
     lines.append("Rewards: " + "; ".join(f"{LABELS[d]} = {', '.join(n)}" for d, n in summary["rewards"].items()))
     lines.append("Means are over scored items; failed items are counted in Failed, never as 0.")
+    if summary.get("subjects"):
+        lines += ["", "## Subjects (one-to-one SC)", "",
+                  format_table(["Subset", "Subjects", "Missing", "Confused"],
+                               [[g, c["subjects"], c.get("missing", 0), c.get("confused", 0)]
+                                for g, c in summary["subjects"].items()], markdown=True),
+                  "", "Missing: not found in the image (scored 0). Confused: looks more like another reference."]
     if summary["failure_reasons"]:
         lines += ["", "## Failures", ""]
         lines += [f"- {LABELS[f['dimension']]} x{f['count']}: {f['reason']}" for f in summary["failure_reasons"]]
