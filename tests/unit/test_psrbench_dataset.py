@@ -95,6 +95,8 @@ def test_results_map_items_to_images(bench):
     assert paths["Four/0001"] == bench / "results" / "images" / "Four" / "0001.png"
     assert all(p.is_file() for p in paths.values())
     assert results_label(bench / "results" / "results.json") == "synthetic"
+    assert results_label(bench / "results") == "synthetic"  # a generate output folder
+    assert results_label(bench) == "bench"  # no recorded model: the folder's name
 
 
 def test_results_in_the_papers_forms(bench, tmp_path):

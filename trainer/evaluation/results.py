@@ -123,6 +123,8 @@ def load_result_paths(path: str | Path, items: list[BenchItem]) -> dict[str, Pat
 def results_label(path: str | Path) -> str:
     """A short name for a result set: the generator's ``meta.model`` if recorded, else the folder name."""
     path = Path(path).resolve()
+    if path.is_dir() and (path / "results.json").is_file():
+        path = path / "results.json"
     try:
         model = json.loads(path.read_text()).get("meta", {}).get("model") if path.is_file() else None
     except (OSError, json.JSONDecodeError, AttributeError):
