@@ -194,9 +194,11 @@ def test_unhosted_reward_names_and_changed_settings_are_refused(tmp_path):
         wait_for_rewards(client, ["sc_ours", "vlm_judge"], timeout=1)
     wait_for_rewards(client, ["sc_ours", "box_rule"], timeout=1)
     check_run(tmp_path, {"rewards": {"sc": "a"}, "data": "/d"})
-    check_run(tmp_path, {"rewards": {"sc": "a"}, "data": "/d"})
+    check_run(tmp_path, {"rewards": {"sc": "b"}, "data": "/d"})  # nothing scored yet: a fixed mapping is fine
+    ScoreStore(tmp_path / "scores.jsonl").add([{"key": "Action/0000", "errors": {}}])
+    check_run(tmp_path, {"rewards": {"sc": "b"}, "data": "/d"})
     with pytest.raises(ConfigError, match="other rewards"):
-        check_run(tmp_path, {"rewards": {"sc": "b"}, "data": "/d"})
+        check_run(tmp_path, {"rewards": {"sc": "c"}, "data": "/d"})
 
 
 def test_optional_dimensions_can_be_left_out():

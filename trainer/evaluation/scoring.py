@@ -149,8 +149,8 @@ class ScoreStore:
 
 def check_run(out: Path, meta: dict[str, Any]) -> None:
     """Refuse to mix scores from different reward settings or data in one output folder."""
-    path = out / "run.json"
-    if path.exists():
+    path, scores = out / "run.json", out / "scores.jsonl"
+    if path.exists() and scores.exists() and scores.stat().st_size:
         old = json.loads(path.read_text())
         changed = [k for k in meta if old.get(k) != meta[k]]
         if changed:
