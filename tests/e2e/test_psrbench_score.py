@@ -99,6 +99,6 @@ def test_unhosted_reward_and_unreachable_server_are_clear_errors(server, tmp_pat
                   "--server", server, "--out", str(tmp_path / "o1"), "--no-progress")
     assert missing.returncode == 2
     assert "does not host" in missing.stderr and "'subject'" in missing.stderr
-    down = score(bench, tmp_path / "o2", "http://127.0.0.1:9")
+    down = score(bench, tmp_path / "o2", "http://127.0.0.1:9", "--set", "connect_timeout_s=0.5")
     assert down.returncode == 1 and "reward service http://127.0.0.1:9" in down.stderr
     assert "Traceback" not in missing.stderr + down.stderr

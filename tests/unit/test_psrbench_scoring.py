@@ -249,3 +249,27 @@ def test_subject_detection_counts_from_sc_details():
                                    "Four": {"subjects": 4, "missing": 2, "confused": 0},
                                    "Overall": {"subjects": 7, "missing": 3, "confused": 1}}
     assert "| Four    |        4 |       2 |        0 |" in markdown_report(summary)
+
+
+def test_a_starting_server_is_waited_for_within_the_connect_timeout():
+    import httpx
+
+    class Starting(FakeClient):
+        def __init__(self, down_calls: int, loading_calls: int = 0):
+            super().__init__()
+            self.down_calls, self.loading_calls, self.asked = down_calls, loading_calls, 0
+
+        def rewards(self):
+            self.asked += 1
+            if self.asked <= self.down_calls:
+                raise httpx.ConnectError("connection refused")
+            loading = self.asked <= self.down_calls + self.loading_calls
+            return [{**r, "ready": not loading} for r in super().rewards()]
+
+    client = Starting(down_calls=2, loading_calls=2)
+    wait_for_rewards(client, ["judge"], timeout=10, connect_timeout=10)
+    assert client.asked == 5
+    with pytest.raises(httpx.ConnectError):
+        wait_for_rewards(Starting(down_calls=1), ["judge"], timeout=10, connect_timeout=0)
+    with pytest.raises(BenchAborted, match=r"\['judge'\] did not finish loading within 0 s"):
+        wait_for_rewards(Starting(down_calls=0, loading_calls=100), ["judge"], timeout=0)

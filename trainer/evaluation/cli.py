@@ -133,7 +133,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     with RewardClient(args.server, api_key=args.api_key, timeout=args.timeout,
                       image_format=config.image_format, batch_size=config.batch_size) as client:
         try:
-            wait_for_rewards(client, config.reward_names(it.subset for it in items), config.ready_timeout_s)
+            wait_for_rewards(client, config.reward_names(it.subset for it in items), config.ready_timeout_s,
+                             config.connect_timeout_s)
         except (BenchAborted, RewardServiceError, httpx.TransportError) as exc:
             print(f"psr bench score: reward service {args.server}: {exc}", file=sys.stderr)
             return 1

@@ -52,6 +52,8 @@ class BenchConfig(StrictModel):
     concurrency: int = Field(default=4, ge=1, le=64, description="requests in flight at once (the server batches across them)")
     image_format: str = Field(default="raw", pattern="^(raw|png|jpeg)$", description="how images travel")
     ready_timeout_s: float = Field(default=300.0, ge=0, description="how long to wait for rewards to load")
+    connect_timeout_s: float = Field(default=20.0, ge=0, description="how long to retry a server that "
+                                     "cannot be reached yet (e.g. still starting)")
 
     def routes(self, subset: str) -> dict[str, str]:
         """Dimension -> reward name for one subset (Position's SA is the box rule)."""
@@ -159,11 +161,22 @@ def check_run(out: Path, meta: dict[str, Any]) -> None:
     path.write_text(json.dumps(meta, indent=1))
 
 
-def wait_for_rewards(client: Any, names: list[str], timeout: float) -> None:
-    """Check that the server hosts every reward named, then wait until they are loaded."""
-    deadline = time.monotonic() + timeout
+def wait_for_rewards(client: Any, names: list[str], timeout: float, connect_timeout: float = 0.0) -> None:
+    """Check that the server hosts every reward named, then wait until they are loaded.
+
+    A server that cannot be reached is retried for ``connect_timeout`` seconds (it may be starting).
+    """
+    import httpx
+
+    start = time.monotonic()
     while True:
-        hosted = {r["name"]: r for r in client.rewards()}
+        try:
+            hosted = {r["name"]: r for r in client.rewards()}
+        except httpx.TransportError:
+            if time.monotonic() - start >= connect_timeout:
+                raise
+            time.sleep(0.5)
+            continue
         missing = [n for n in names if n not in hosted]
         if missing:
             raise ConfigError(f"the reward server does not host {missing} (it hosts {sorted(hosted)}); "
@@ -171,7 +184,7 @@ def wait_for_rewards(client: Any, names: list[str], timeout: float) -> None:
         loading = [n for n in names if not hosted[n].get("ready", True)]
         if not loading:
             return
-        if time.monotonic() > deadline:
+        if time.monotonic() - start > timeout:
             raise BenchAborted(f"rewards {loading} did not finish loading within {timeout} s")
         time.sleep(0.2)
 
