@@ -34,8 +34,9 @@ def test_every_tiny_reward_served_equals_direct(served, tiny_server_config, load
             subjects=[[(sub.category, sub.reference) for sub in s.subjects] for s in samples],
             metadata=[s.metadata for s in samples],
         )
-        served_scores = [None if np.isnan(v) else float(v) for v in res.scores[name]]
-        assert served_scores == pytest.approx(direct, rel=1e-4, abs=1e-5), name
+        # a reward may fail a sample it cannot score (e.g. position: no spatial relation): NaN both ways
+        direct_scores = np.array([np.nan if v is None else v for v in direct], dtype=np.float64)
+        np.testing.assert_allclose(res.scores[name], direct_scores, rtol=1e-4, atol=1e-5, equal_nan=True, err_msg=name)
         assert res.versions[name] == reward.version == hosted[name]["version"]
 
 

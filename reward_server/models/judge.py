@@ -1,0 +1,151 @@
+"""Vision-language judges that rate an image 0-10, and the strict parsing of their answers.
+
+* ``TransformersJudge``: Qwen2.5-VL / Qwen2-VL in process (``AutoModelForImageTextToText``).
+  The answer is primed with ``"Score: "`` and the score is the *expected value* of the digit
+  distribution of the next token(s), not a sampled string: P(0..9) from the first token, and
+  P("10") = P("1") * P("0" | "1") from a second step forced through "1" (Qwen's tokenizer spells
+  numbers digit by digit). When the digits hold less than ``min_digit_mass`` of the probability
+  the judge did not answer with a score: that is a failure, not a number.
+* ``EndpointJudge`` (``judge_endpoint.py``): any OpenAI-compatible chat endpoint.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+ANSWER_PREFIX = "Score: "
+_SCORE_LINE = re.compile(r"^\s*\**\s*score\s*\**\s*[:=]\s*\**\s*(\d{1,2}(?:\.\d+)?)\s*(?:/\s*10)?\s*\**\s*\.?\s*$", re.I | re.M)
+
+
+@dataclass
+class JudgeQuery:
+    """One judgement: chat content parts (``{"type": "text", "text": ...}`` or ``{"type": "image"}``)
+    and the images, in the order their placeholders appear."""
+
+    content: list[dict[str, Any]]
+    images: list[np.ndarray]
+
+
+@dataclass
+class Judgement:
+    """A score on the 0-10 scale, or ``None`` with the reason."""
+
+    score: float | None
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_score(text: str) -> float | str:
+    """The score of a ``Score: N`` answer (N in 0..10), or why the answer does not qualify.
+
+    Exactly one score line must be present; anything else -- no line, two different lines, a
+    number outside 0..10 -- is unparseable, so the caller reports a failure instead of a guess.
+    """
+    found = _SCORE_LINE.findall(text or "")
+    if not found:
+        return f"no 'Score: N' line in the answer {text[:200]!r}"
+    values = {float(v) for v in found}
+    if len(values) > 1:
+        return f"the answer gives several different scores {sorted(values)}"
+    value = values.pop()
+    if not 0.0 <= value <= 10.0:
+        return f"score {value} is outside 0..10"
+    return value
+
+
+class TransformersJudge:
+    """Qwen2(.5)-VL in process, batched, scoring by expected digit probability."""
+
+    def __init__(
+        self,
+        model_path: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        min_digit_mass: float = 0.5,
+        batch_size: int = 8,
+    ):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        pixels = {k: v for k, v in {"min_pixels": min_pixels, "max_pixels": max_pixels}.items() if v is not None}
+        self.processor = AutoProcessor.from_pretrained(model_path, **pixels)
+        self.processor.tokenizer.padding_side = "left"  # the last position is every prompt's next token
+        self.model = AutoModelForImageTextToText.from_pretrained(model_path, torch_dtype=dtype).to(device).eval()
+        self.device = device
+        self.min_digit_mass = min_digit_mass
+        self.batch_size = batch_size
+        tokenizer = self.processor.tokenizer
+        self.digit_ids = [self._single_token(str(d)) for d in range(10)]
+        ten = tokenizer.encode("10", add_special_tokens=False)
+        self.ten_id = ten[0] if len(ten) == 1 else None  # else "10" is spelled "1", "0": two steps
+
+    def _single_token(self, text: str) -> int:
+        ids = self.processor.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"the judge's tokenizer splits {text!r} into {len(ids)} tokens; digits must be single tokens")
+        return ids[0]
+
+    def prompt_text(self, query: JudgeQuery) -> str:
+        messages = [{"role": "user", "content": query.content}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + ANSWER_PREFIX
+
+    def judge(self, queries: Sequence[JudgeQuery]) -> list[Judgement]:
+        out: list[Judgement] = []
+        for start in range(0, len(queries), self.batch_size):
+            out.extend(self._judge_chunk(queries[start : start + self.batch_size]))
+        return out
+
+    @torch.inference_mode()
+    def _judge_chunk(self, queries: Sequence[JudgeQuery]) -> list[Judgement]:
+        texts = [self.prompt_text(q) for q in queries]
+        images = [q.images for q in queries]
+        inputs = self.processor(text=texts, images=images if any(images) else None, padding=True, return_tensors="pt")
+        inputs = inputs.to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        prompt_len = inputs["input_ids"].shape[1]
+        one = self.digit_ids[1]
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        everything = list(range(vocab))
+        steps = 1 if self.ten_id is not None else 2
+        generated = self.model.generate(
+            **inputs,
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            # step 2 must see "1" so that it gives P("0" | "1"), i.e. the chance of "10"
+            prefix_allowed_tokens_fn=lambda _b, ids: [one] if ids.shape[-1] == prompt_len else everything,
+        )
+        first = generated.logits[0].float().softmax(-1).cpu()
+        second = generated.logits[1].float().softmax(-1).cpu() if steps == 2 else None
+        return [self._expected(first[b], None if second is None else second[b]) for b in range(len(queries))]
+
+    def _expected(self, first: torch.Tensor, second: torch.Tensor | None) -> Judgement:
+        digits = first[self.digit_ids].double().numpy()
+        probs = np.zeros(11)
+        probs[:10] = digits
+        if self.ten_id is not None:
+            probs[10] = float(first[self.ten_id])
+        else:
+            after_one = second[self.digit_ids].double().numpy()
+            # "1" then "0" is ten; "1" then another digit would be 11..19, not a valid answer
+            ten_share = after_one[0] / max(1.0 - after_one[1:].sum(), 1e-12)
+            probs[10] = probs[1] * min(ten_share, 1.0)
+            probs[1] -= probs[10]
+        mass = float(probs.sum())
+        details = {"digit_mass": round(mass, 6)}
+        if mass < self.min_digit_mass or mass <= 0:
+            return Judgement(None, f"the judge did not answer with a score (digit probability {mass:.3g} < {self.min_digit_mass})", details)
+        probs /= mass
+        details["distribution"] = [round(float(p), 4) for p in probs]
+        details["argmax"] = int(probs.argmax())
+        return Judgement(float((probs * np.arange(11)).sum()), None, details)
