@@ -29,17 +29,24 @@ def generator(tmp_path_factory) -> Path:
     return make_tiny_generator(tmp_path_factory.mktemp("generator") / "generator")
 
 
-def make_lora(generator: Path, out: Path) -> Path:
-    """A random (non-zero) LoRA on the tiny transformer, saved the way PEFT saves adapters."""
+def make_lora(generator: Path, out: Path) -> tuple[Path, Path]:
+    """One random (non-zero) LoRA on the tiny transformer in both forms ``--lora`` reads: a PEFT
+    adapter folder, and a ``psr train``-style ``lora.safetensors`` (peft state dict, no config)."""
     import torch
     from diffusers import FluxTransformer2DModel
     from peft import LoraConfig, get_peft_model
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
 
     torch.manual_seed(0)
     transformer = FluxTransformer2DModel.from_pretrained(generator, subfolder="transformer")
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False)
-    get_peft_model(transformer, config).save_pretrained(out)
-    return out
+    model = get_peft_model(transformer, config)
+    model.save_pretrained(out / "peft")
+    state = {k.removeprefix("base_model.model."): v.contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    (out / "step-000001").mkdir(parents=True)
+    save_file(state, str(out / "step-000001" / "lora.safetensors"))
+    return out / "peft", out / "step-000001"
 
 
 def generate(bench: Path, model: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -66,16 +73,14 @@ def test_generate_rerun_lora_then_score(generator, tmp_path):
         assert img.size == (32, 32)
         base = np.asarray(img.convert("RGB"))
 
-    lora_out = tmp_path / "gen-lora"
-    lora = make_lora(generator, tmp_path / "lora")
-    with_lora = generate(bench, generator, lora_out, "--lora", str(lora), "--subsets", "Four")
-    assert with_lora.returncode == 0, with_lora.stderr
-    tuned = np.asarray(Image.open(lora_out / "images" / "Four" / "0000.png").convert("RGB"))
+    peft_dir, _ = make_lora(generator, tmp_path / "lora")
+    tuned_run = generate(bench, generator, tmp_path / "gen-peft", "--lora", str(peft_dir), "--subsets", "Four")
+    assert tuned_run.returncode == 0, tuned_run.stderr
+    tuned = np.asarray(Image.open(tmp_path / "gen-peft" / "images" / "Four" / "0000.png").convert("RGB"))
     assert np.abs(tuned.astype(int) - base).max() > 0  # the adapter changed the model
-    refused = generate(bench, generator, lora_out, "--lora", str(lora), "--subsets", "Four", "--seed", "3")
+    refused = generate(bench, generator, tmp_path / "gen-peft", "--lora", str(peft_dir), "--subsets", "Four",
+                       "--seed", "3")
     assert refused.returncode == 2 and "other seed" in refused.stderr and "Traceback" not in refused.stderr
-    missing = generate(bench, tmp_path / "no-model", tmp_path / "gen-none", "--subsets", "Four")
-    assert missing.returncode == 2 and "cannot load the generator" in missing.stderr
 
     config = tmp_path / "rewards.yaml"  # model-free rewards: this test is about the generate -> score path
     config.write_text(yaml.safe_dump({"rewards": {"brightness": {"type": "brightness"},
@@ -91,3 +96,23 @@ def test_generate_rerun_lora_then_score(generator, tmp_path):
     four = next(r for r in recs if r["key"] == "Four/0000")
     assert four["scores"]["sc"] == pytest.approx(base.mean() / 255.0, abs=1e-6)
     assert "| Overall" in scored.stdout and "SC (paper)" not in scored.stdout
+
+
+def test_lora_as_peft_folder_or_train_checkpoint_gives_the_same_model(generator, tmp_path):
+    from shared.config import ConfigError
+    from trainer.evaluation.model import load_generate_fn
+
+    peft_dir, checkpoint = make_lora(generator, tmp_path / "lora")
+    kw = {"device": "cpu", "steps": 2, "size": 32, "ref_size": 32}
+    refs = [[np.full((32, 32, 3), 40 * k, np.uint8) for k in range(1, 3)]]
+    base = load_generate_fn(str(generator), **kw)(["a dog and a cup"], refs, [7])[0]
+    via_peft = load_generate_fn(str(generator), lora=str(peft_dir), **kw)(["a dog and a cup"], refs, [7])[0]
+    via_ckpt = load_generate_fn(str(generator), lora=str(checkpoint), lora_alpha=8, **kw)(["a dog and a cup"], refs, [7])[0]
+    assert np.abs(via_peft.astype(int) - base).max() > 0
+    assert np.abs(via_peft.astype(int) - via_ckpt).max() <= 1  # the same weights, read either way
+    with pytest.raises(ConfigError, match="pass --lora-alpha"):
+        load_generate_fn(str(generator), lora=str(checkpoint), **kw)
+    with pytest.raises(ConfigError, match="neither a PEFT adapter folder"):
+        load_generate_fn(str(generator), lora=str(tmp_path), **kw)
+    with pytest.raises(ConfigError, match="cannot load the generator"):
+        load_generate_fn(str(tmp_path / "no-model"), **kw)

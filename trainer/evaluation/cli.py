@@ -24,7 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen = sub.add_parser("generate", help="generate every item's image with a multi-reference model")
     common(gen)
     gen.add_argument("--model", required=True, help="pipeline folder or hub id (FLUX.1 Kontext-style layout)")
-    gen.add_argument("--lora", default=None, help="LoRA adapter folder to apply to the transformer")
+    gen.add_argument("--lora", default=None,
+                     help="LoRA to apply: a PEFT adapter folder or a `psr train` checkpoint (folder or lora.safetensors)")
+    gen.add_argument("--lora-alpha", type=float, default=None,
+                     help="lora.alpha of the training config (needed for `psr train` checkpoints)")
     gen.add_argument("--steps", type=int, default=28, help="sampling steps")
     gen.add_argument("--size", type=int, default=512, help="output side in pixels (multiple of 16)")
     gen.add_argument("--ref-size", type=int, default=None, help="side the references are resized to")
@@ -90,9 +93,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         _clear(out, [RESULTS_NAME, "images"])
     generate = lazy(lambda: load_generate_fn(args.model, lora=args.lora, device=args.device, dtype=args.dtype,
                                              steps=args.steps, size=args.size, ref_size=args.ref_size,
-                                             guidance=args.guidance))
-    meta = {"model": args.model, "lora": args.lora, "steps": args.steps, "size": args.size,
-            "ref_size": args.ref_size, "guidance": args.guidance}
+                                             guidance=args.guidance, lora_alpha=args.lora_alpha))
+    meta = {"model": args.model, "lora": args.lora, "lora_alpha": args.lora_alpha, "steps": args.steps,
+            "size": args.size, "ref_size": args.ref_size, "guidance": args.guidance}
     with _progress(len(items), args.no_progress, "generate") as bar:
         path = run_generation(items, Path(args.data), generate, out, args.batch_size, args.seed, meta, bar.update)
     print(f"wrote {path} ({len(items)} items)")

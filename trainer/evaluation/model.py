@@ -19,18 +19,40 @@ from trainer.evaluation.generate import GenerateFn
 log = logging.getLogger(__name__)
 
 
-def apply_lora(transformer: Any, lora: str | Path) -> Any:
-    """Load a PEFT LoRA adapter folder onto the transformer and merge it for inference."""
-    from peft import PeftModel
+def apply_lora(transformer: Any, lora: str | Path, alpha: float | None = None) -> Any:
+    """Apply a LoRA: a PEFT adapter folder (``adapter_config.json``), or a ``psr train`` checkpoint
+    (its folder or ``lora.safetensors``), whose rank and target modules are read from the tensors and
+    whose ``alpha`` (not stored there) must be given."""
+    from peft import LoraConfig, PeftModel
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
 
-    if not (Path(lora) / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{lora} is not a LoRA adapter folder: adapter_config.json is missing")
-    return PeftModel.from_pretrained(transformer, str(lora)).merge_and_unload().eval()
+    path = Path(lora)
+    if (path / "adapter_config.json").is_file():
+        return PeftModel.from_pretrained(transformer, str(path)).merge_and_unload().eval()
+    file = path / "lora.safetensors" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{lora} is neither a PEFT adapter folder (adapter_config.json) "
+                                "nor a psr train checkpoint (lora.safetensors)")
+    if alpha is None:
+        raise ValueError(f"{file} does not record the LoRA alpha: pass --lora-alpha (lora.alpha of the "
+                         "training config)")
+    state = {k.removeprefix("base_model.model."): v for k, v in load_file(str(file)).items()}
+    ranks = {v.shape[0] for k, v in state.items() if ".lora_A." in k}
+    if len(ranks) != 1:
+        raise ValueError(f"{file}: expected LoRA A matrices of one rank, found ranks {sorted(ranks)}")
+    targets = sorted({k.split(".lora_A.")[0] for k in state if ".lora_A." in k})
+    transformer.add_adapter(LoraConfig(r=ranks.pop(), lora_alpha=alpha, target_modules=targets))
+    result = set_peft_model_state_dict(transformer, state)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ValueError(f"{file} has LoRA weights this model lacks: {unexpected[:5]}")
+    return transformer.eval()
 
 
 def load_generate_fn(model: str, lora: str | None = None, device: str = "auto", dtype: str = "auto",
                      steps: int = 28, size: int = 512, ref_size: int | None = None,
-                     guidance: float = 2.5) -> GenerateFn:
+                     guidance: float = 2.5, lora_alpha: float | None = None) -> GenerateFn:
     """Load the pipeline once; return ``(prompts, references, seeds) -> images``."""
     import torch
 
@@ -42,7 +64,7 @@ def load_generate_fn(model: str, lora: str | None = None, device: str = "auto", 
     dev = resolve_device(device)
     try:
         pipe = MultiRefGenerator.from_pretrained(model, device=dev, dtype=resolve_dtype(dtype, dev))
-        transformer = pipe.transformer if lora is None else apply_lora(pipe.transformer, lora)
+        transformer = pipe.transformer if lora is None else apply_lora(pipe.transformer, lora, lora_alpha)
     except (OSError, ValueError) as exc:  # missing folder/files, wrong layout: the user's to fix
         raise ConfigError(f"cannot load the generator {model}{f' with LoRA {lora}' if lora else ''}: {exc}") from exc
     pipe.latent_size(size, size)  # a bad --size fails now, not after loading data
