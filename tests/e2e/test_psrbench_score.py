@@ -71,6 +71,8 @@ def test_score_synthetic_set_through_a_real_server(server, bench, tmp_path):
             assert rec["rewards"]["sa"] == "position" and rec["details"]["sa"]["relation"] == "left"
         else:
             assert rec["rewards"]["sa"] == "judge" and 0.0 <= rec["scores"]["sa"] <= 1.0
+            task = rec["subset"].lower() if rec["subset"] in ("Attribute", "Action", "Background", "Complex") else "generic"
+            assert rec["details"]["sa"]["task"] == task  # the judge's template follows the subset
         categories = [item[f"category{k + 1}"] for k in range(len(item["input_path"]))]
         assert [s["category"] for s in rec["details"]["sc"]["subjects"]] == categories
         assert rec["rewards"]["sc_paper"] == "subject_paper" and rec["versions"]["sc_paper"] != rec["versions"]["sc"]

@@ -50,7 +50,8 @@ class FakeClient:
         return [{"name": n, "ready": True} for n in ("sc_ours", "sc_paper", "judge", "box_rule", "aes")]
 
     def score(self, images, rewards, prompts=None, subjects=None, metadata=None) -> Scores:
-        self.calls.append({"rewards": sorted(rewards), "prompts": list(prompts), "n_subjects": [len(s) for s in subjects]})
+        self.calls.append({"rewards": sorted(rewards), "prompts": list(prompts), "n_subjects": [len(s) for s in subjects],
+                           "metadata": list(metadata)})
         if self.down_after is not None and len(self.calls) > self.down_after:
             raise RewardServiceError("cannot reach the reward service (gave up after 4 tries)")
         if self.refuse and any(self.refuse in p for p in prompts):
@@ -102,6 +103,8 @@ def test_position_items_route_to_the_box_rule(bench, tmp_path):
     for call in client.calls:
         position = any("to the left of" in p for p in call["prompts"])
         assert ("box_rule" in call["rewards"]) == position and ("judge" in call["rewards"]) != position
+    sent = {m["psrbench"]: m["task"] for c in client.calls for m in c["metadata"]}
+    assert sent == {it.key: it.subset.lower() for it in items}  # the judge picks its template from it
     # Three and Four send all their subjects; scores are the service's, per dimension
     assert {n for c in client.calls for n in c["n_subjects"]} == {2, 3, 4}
     assert records["Four/0001"]["details"]["sc"] == {"n": 1, "similarity": [0.5, None]}  # NaN inside -> null

@@ -195,7 +195,11 @@ def _refused(exc: Exception) -> bool:
 
 
 class BenchScorer:
-    """Scores items through a ``RewardClient``-like object (``score``/``submit``) into a ``ScoreStore``."""
+    """Scores items through a ``RewardClient``-like object (``score``/``submit``) into a ``ScoreStore``.
+
+    Each sample carries ``metadata.task`` = the subset in lower case, which the judge's
+    ``task: auto`` uses to pick its template (attribute/action/background/complex, else generic).
+    """
 
     def __init__(self, client: Any, config: BenchConfig, root: Path, result_paths: dict[str, Path | None],
                  store: ScoreStore, progress: Callable[[int], None] | None = None):
@@ -225,7 +229,7 @@ class BenchScorer:
         routes = self.config.routes(items[0].subset)
         return self.client.submit([x[0] for x in inputs], dict.fromkeys(set(routes.values()), 1.0),
                                   prompts=[it.instruction for it in items], subjects=[x[1] for x in inputs],
-                                  metadata=[{"psrbench": it.key} for it in items])
+                                  metadata=[{"task": it.subset.lower(), "psrbench": it.key} for it in items])
 
     def _collect(self, items: list[BenchItem], inputs: list, future: Future) -> list[dict]:
         routes = self.config.routes(items[0].subset)
