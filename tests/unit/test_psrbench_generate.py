@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from shared.config import ConfigError
-from trainer.evaluation.dataset import load_bench
+from trainer.evaluation.dataset import SUBSETS, load_bench
 from trainer.evaluation.generate import item_seed, lazy, run_generation
 from trainer.evaluation.results import load_result_paths
 from trainer.evaluation.synthetic import make_synthetic_bench
@@ -111,3 +111,14 @@ def test_the_model_loads_only_when_something_is_left_to_generate(bench, tmp_path
     run_generation(items, bench, lazy(load), tmp_path / "gen")
     run_generation(items, bench, lazy(load), tmp_path / "gen")
     assert loads == [1]
+
+
+def test_a_run_on_some_subsets_keeps_the_others_in_the_results(bench, tmp_path):
+    out = tmp_path / "gen"
+    run_generation(load_bench(bench), bench, FakeGenerator(), out, seed=2)
+    four = FakeGenerator()
+    run_generation(load_bench(bench, ["Four"]), bench, four, out, seed=2)
+    assert four.calls == []  # already done
+    paths = load_result_paths(out / "results.json", load_bench(bench))
+    assert all(p is not None and p.is_file() for p in paths.values())
+    assert list(json.loads((out / "results.json").read_text())["subsets"]) == list(SUBSETS)

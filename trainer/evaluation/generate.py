@@ -8,6 +8,7 @@ after every batch, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from PIL import Image
 
 from shared.config import ConfigError
 from shared.images import to_uint8_array
-from trainer.evaluation.dataset import BenchItem, references
+from trainer.evaluation.dataset import SUBSETS, BenchItem, references
 from trainer.evaluation.results import read_existing, results_document, write_json_atomic
 
 GenerateFn = Callable[[Sequence[str], Sequence[Sequence[np.ndarray]], Sequence[int]], Sequence[Any]]
@@ -56,16 +57,17 @@ def _batches(items: list[BenchItem], size: int) -> Iterable[list[BenchItem]]:
             yield group[i:i + size]
 
 
-def _check_meta(path: Path, meta: dict[str, Any]) -> None:
-    import json
-
+def _check_meta(path: Path, meta: dict[str, Any]) -> dict[str, list]:
+    """Refuse to resume with other settings; returns the subsets already in the file."""
     if not path.exists():
-        return
-    old = json.loads(path.read_text()).get("meta", {})
+        return {}
+    doc = json.loads(path.read_text())
+    old = doc.get("meta", {})
     changed = [k for k in meta if k in old and old[k] != meta[k]]
     if changed:
         raise ConfigError(f"{path} was made with other {', '.join(changed)} "
                           f"({', '.join(f'{k}={old[k]!r}' for k in changed)}); use a new --out or --restart")
+    return doc.get("subsets", {})
 
 
 def run_generation(items: list[BenchItem], root: Path, generate: GenerateFn, out: Path, batch_size: int = 4,
@@ -75,8 +77,15 @@ def run_generation(items: list[BenchItem], root: Path, generate: GenerateFn, out
     out.mkdir(parents=True, exist_ok=True)
     results = out / RESULTS_NAME
     meta = {**(meta or {}), "seed": seed}
-    _check_meta(results, meta)
+    earlier = _check_meta(results, meta)
     done = {k: v for k, v in read_existing(results).items() if (out / v).is_file()}
+
+    def save() -> None:  # subsets outside this run's selection are kept as they were
+        doc = results_document(items, done, meta)
+        doc["subsets"] = {s: doc["subsets"].get(s, earlier.get(s)) for s in SUBSETS
+                          if s in doc["subsets"] or s in earlier}
+        write_json_atomic(results, doc)
+
     todo = [it for it in items if it.key not in done]
     progress = progress or (lambda n: None)
     progress(len(items) - len(todo))
@@ -91,7 +100,7 @@ def run_generation(items: list[BenchItem], root: Path, generate: GenerateFn, out
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(to_uint8_array(image)).save(out / rel)
             done[item.key] = rel
-        write_json_atomic(results, results_document(items, done, meta))
+        save()
         progress(len(batch))
-    write_json_atomic(results, results_document(items, done, meta))
+    save()
     return results
