@@ -137,6 +137,8 @@ def create_app(
         ready = backend.ready()
         ok = state.load_error is None and all(ready.values())
         body = {"ready": ok, "rewards": ready, "error": state.load_error}
+        if hasattr(backend, "workers"):  # queue backend: live workers per reward
+            body["workers"] = backend.workers()
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")

@@ -17,6 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--rewards", default=None, help="comma list: host only these rewards of the config")
     serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. rewards.clip_t.device=cuda:0 (repeatable)")
+    serve.add_argument("--redis", default=os.environ.get("PSR_REDIS_URL"), metavar="URL",
+                       help="score on `psr worker` processes through this Redis (redis:// or rediss://) "
+                       "instead of in-process; or set PSR_REDIS_URL")
     serve.set_defaults(func=cmd_serve)
 
     score = subparsers.add_parser("score", help="score local image files against a running server")
@@ -60,6 +63,7 @@ def parse_weights(specs: list[str]) -> dict[str, float]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from reward_server.app import create_app
     from reward_server.config import ServerConfig
+    from reward_server.front import install_front
     from reward_server.models.quiet import quiet_model_libraries
     from reward_server.registry import build_rewards
     from reward_server.serving import make_server
@@ -68,7 +72,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     quiet_model_libraries()
     config = load_config(ServerConfig, args.config, args.set)
     only = args.rewards.split(",") if args.rewards else None
-    app = create_app(config, rewards=build_rewards(config, only))
+    rewards = build_rewards(config, only)
+    backend = None
+    if args.redis:  # a front: models live on the workers
+        from reward_server.redis_backend import RedisBackend
+
+        backend = RedisBackend(args.redis, rewards, config.queue, config.request_timeout_s)
+    app = create_app(config, rewards=rewards, backend=backend, load_models=backend is None)
+    install_front(app)  # API keys, per-caller limits, /v1/jobs
     server = make_server(app, args.host, args.port)
     server.run()
     error = app.state.psr.load_error

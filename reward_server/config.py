@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from shared.config import StrictModel, config_hash
 from shared.images import ImageLimits
+from shared.queue import QueueSettings
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 
@@ -35,6 +36,10 @@ class LimitsConfig(StrictModel):
     max_samples_per_request: int = Field(default=1024, ge=1)
     max_image_side: int = Field(default=4096, ge=8)
     max_image_pixels: int = Field(default=4096 * 4096, ge=64)
+    max_queued_samples_per_caller: int = Field(
+        default=0, ge=0, description="samples one API key may have waiting; more is 429 (0: no limit)"
+    )
+    retry_after_s: float = Field(default=1.0, gt=0, description="Retry-After sent with a 429")
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_side=self.max_image_side, max_pixels=self.max_image_pixels)
@@ -46,6 +51,9 @@ class ServerConfig(StrictModel):
     rewards: dict[str, RewardSpec] = Field(description="reward name -> spec")
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     request_timeout_s: float = Field(default=600.0, gt=0, description="longest a request may wait for scores")
+    queue: QueueSettings = Field(
+        default_factory=QueueSettings, description="Redis queue settings (used by `psr serve --redis` and `psr worker`)"
+    )
 
     @model_validator(mode="after")
     def _some_rewards(self) -> ServerConfig:
