@@ -139,7 +139,7 @@ class ScoringService:
         ready = self.backend.ready()
         down = [name for name in request.rewards if not ready.get(name, False)]
         if down:
-            raise RewardUnavailable(f"no live model for rewards {down}")
+            raise RewardUnavailable(f"rewards {down} are not ready: model still loading or no live worker (see /readyz)")
         return list(request.rewards)
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:

@@ -14,12 +14,18 @@ fi
 .venv/bin/python -m pip install -q -c constraints.txt torch torchvision
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
 
-if ! command -v redis-server >/dev/null 2>&1; then
+# System tools the tests use: redis-server (queue tests) and a compose parser (docker-compose.yml check).
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+  missing+=(docker-compose)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-    echo "[setup] installing redis-server"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    echo "[setup] installing ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "[setup] redis-server is missing: install it (e.g. apt-get install redis-server) for the queue tests" >&2
+    echo "[setup] missing ${missing[*]}: install them (apt-get install ${missing[*]}) for the queue tests" >&2
   fi
 fi
 echo "[setup] done: $(.venv/bin/psr --help | head -1)"

@@ -11,7 +11,9 @@ import numpy as np
 from shared.table import format_table
 
 
-def demo_images(seed: int = 0, size: int = 64) -> tuple[list[np.ndarray], list[str], list[list[tuple[str, np.ndarray]]]]:
+def demo_images(
+    seed: int = 0, size: int = 64
+) -> tuple[list[np.ndarray], list[str], list[list[tuple[str, np.ndarray]]]]:
     """A handful of synthetic 'generated' images, prompts and subject references."""
     rng = np.random.default_rng(seed)
     dog = np.zeros((size, size, 3), np.uint8)

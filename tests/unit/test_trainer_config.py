@@ -1,0 +1,58 @@
+"""Training configs: strict, cross-checked, and the shipped YAML files load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.config import ConfigError, load_config
+from trainer.config import TrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_shipped_configs_load():
+    tiny = load_config(TrainConfig, CONFIGS / "tiny_cpu.yaml", ["model.path=/x", "rewards.url=http://h:1"])
+    assert tiny.model.path == "/x" and tiny.rewards.url == "http://h:1"
+    paper = load_config(TrainConfig, CONFIGS / "psr_flux_kontext.yaml")
+    assert paper.sampling.group_size == 6 and paper.sampling.num_steps == 28 and paper.model.resolution == 512
+    assert paper.lora.rank == 64 and paper.optim.lr == 1e-5
+    assert paper.rewards.reward_weights == {"subject_consistency": 0.4, "vlm_judge": 0.4, "hpsv3": 0.2}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("grpo.unknown_knob=1", "Extra inputs are not permitted"),
+        ("rewards.required=[nope]", "not in reward_weights"),
+        ("sampling.group_size=1", "min_valid_per_group"),
+        ("model.resolution=40", "multiples of 16"),
+        ("grpo.scale_rewards=prompt", "scale_rewards"),
+        ("grpo.train_timesteps=[0,9]", "outside"),
+    ],
+)
+def test_bad_values_are_refused_with_a_reason(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainConfig, CONFIGS / "tiny_cpu.yaml", ["model.path=/x", override])
+
+
+def test_train_step_indices():
+    cfg = load_config(
+        TrainConfig,
+        CONFIGS / "tiny_cpu.yaml",
+        ["model.path=/x", "sampling.num_steps=10", "grpo.timestep_fraction=0.5"],
+    )
+    assert cfg.train_step_indices() == [0, 2, 4, 6, 8]
+    cfg = load_config(
+        TrainConfig, CONFIGS / "tiny_cpu.yaml", ["model.path=/x", "grpo.train_timesteps=[3,1,1]"]
+    )
+    assert cfg.train_step_indices() == [1, 3]
+
+
+def test_tiny_run_config_for_the_demo(tmp_path):
+    from trainer.config import tiny_run_config
+
+    cfg = tiny_run_config("/gen", "http://127.0.0.1:9", tmp_path, ["run.steps=3"])
+    assert (cfg.model.path, cfg.rewards.url, cfg.run.steps) == ("/gen", "http://127.0.0.1:9", 3)
+    assert cfg.run.output_dir == str(tmp_path)

@@ -1,0 +1,242 @@
+"""Strict, documented configuration of a Flow-GRPO run (``psr train --config run.yaml``).
+
+Names follow trl's GRPOConfig where they fit (``reward_weights``, ``scale_rewards``,
+``multi_objective_aggregation``). Rules spanning fields are checked when the config is built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from shared.config import StrictModel
+
+
+class ModelConfig(StrictModel):
+    """The generator and how it is run."""
+
+    path: str = Field(description="FLUX.1 Kontext-style pipeline folder or hub id (model_index.json layout)")
+    resolution: int = Field(default=512, ge=16, description="generated image side in pixels (multiple of 16)")
+    reference_size: int | None = Field(
+        default=None, ge=16, description="reference side in pixels (default: resolution)"
+    )
+    max_sequence_length: int = Field(default=512, ge=1, le=512, description="T5 prompt tokens")
+    guidance_scale: float = Field(default=2.5, description="embedded guidance for guidance-distilled models")
+    device: str = Field(default="auto", description="'auto' (accelerate's device), 'cpu', 'cuda'")
+    mixed_precision: Literal["auto", "no", "bf16"] = Field(
+        default="auto",
+        description="'auto' = bf16 on GPU, fp32 on CPU; frozen weights in that dtype, LoRA in fp32",
+    )
+    gradient_checkpointing: bool = Field(default=False, description="trade compute for activation memory")
+    cpu_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch threads while training on the CPU (1 is fastest for tiny models)",
+    )
+
+    @field_validator("resolution", "reference_size")
+    @classmethod
+    def _multiple_of_16(cls, v: int | None) -> int | None:
+        if v is not None and v % 16:
+            raise ValueError(f"image sides must be multiples of 16 (VAE x8, 2x2 packing), got {v}")
+        return v
+
+
+class PromptItem(StrictModel):
+    """One training prompt with its subjects."""
+
+    prompt: str = Field(min_length=1, description="the instruction")
+    references: list[str] = Field(
+        default_factory=list,
+        max_length=4,
+        description="reference images: file paths, or 'solid:R,G,B' for a plain colour image (tests, demo)",
+    )
+    categories: list[str] = Field(default_factory=list, description="category word per reference, e.g. 'dog'")
+
+    @model_validator(mode="after")
+    def _categories_match(self) -> PromptItem:
+        if self.categories and len(self.categories) != len(self.references):
+            raise ValueError(f"{len(self.categories)} categories for {len(self.references)} references")
+        return self
+
+
+class DataConfig(StrictModel):
+    """Where training prompts come from: inline items and/or a PSRBench-style JSON file."""
+
+    prompts: list[PromptItem] = Field(default_factory=list, description="inline prompt items")
+    file: str | None = Field(
+        default=None,
+        description="JSON list of {instruction, input_path: [...], category1..N} (PSRBench layout)",
+    )
+
+    @model_validator(mode="after")
+    def _some_prompts(self) -> DataConfig:
+        if not self.prompts and not self.file:
+            raise ValueError("no training prompts: set data.prompts or data.file")
+        return self
+
+
+class SamplingConfig(StrictModel):
+    """Rollouts: SDE sampling of groups of images."""
+
+    num_steps: int = Field(default=28, ge=1, le=1000, description="denoising steps per image")
+    noise_level: float = Field(
+        default=0.7, gt=0, description="SDE noise scale a in sigma_t = a sqrt(t/(1-t))"
+    )
+    group_size: int = Field(default=6, ge=1, description="images per prompt (G)")
+    prompts_per_batch: int = Field(
+        default=1, ge=1, description="prompts per sampling batch (batch = this x G)"
+    )
+    batches_per_step: int = Field(
+        default=2, ge=1, description="sampling batches per training step (per process)"
+    )
+    cfg_scale: float = Field(default=1.0, ge=1.0, description="true classifier-free guidance scale (1 = off)")
+    negative_prompt: str = Field(
+        default="", description="prompt of the unconditional branch when cfg_scale > 1"
+    )
+
+
+class RewardsConfig(StrictModel):
+    """The reward service and how its rewards combine."""
+
+    url: str | None = Field(default=None, description="reward server URL, e.g. http://127.0.0.1:8000")
+    api_key: str | None = Field(default=None, description="bearer token for the reward server")
+    reward_weights: dict[str, float] = Field(description="reward name -> weight (trl's reward_weights)")
+    required: list[str] = Field(default_factory=list, description="rewards whose failure stops training")
+    timeout_s: float = Field(default=600.0, gt=0, description="longest wait for one scoring request")
+    max_retries: int = Field(default=3, ge=0, description="retries on 408/429/5xx")
+    image_format: Literal["raw", "jpeg", "png"] = Field(
+        default="raw", description="image encoding on the wire"
+    )
+    overlap: bool = Field(default=True, description="sample the next batch while the previous one is scored")
+    send_subjects: bool = Field(
+        default=True, description="send categories and reference images with each sample"
+    )
+
+    @model_validator(mode="after")
+    def _required_known(self) -> RewardsConfig:
+        if not self.reward_weights:
+            raise ValueError("rewards.reward_weights is empty: name at least one reward")
+        unknown = sorted(set(self.required) - set(self.reward_weights))
+        if unknown:
+            raise ValueError(f"rewards.required names {unknown}, which are not in reward_weights")
+        return self
+
+
+class GRPOConfig(StrictModel):
+    """Advantages and the policy loss."""
+
+    scale_rewards: Literal["group", "batch", "none"] = Field(default="group", description="std used to scale")
+    multi_objective_aggregation: Literal["sum_then_normalize", "normalize_then_sum"] = Field(
+        default="sum_then_normalize", description="combine rewards before or after group normalisation"
+    )
+    min_valid_per_group: int = Field(
+        default=2, ge=1, description="groups with fewer valid samples are dropped"
+    )
+    clip_range: float = Field(default=1e-4, gt=0, description="PPO ratio clip epsilon")
+    adv_clip_max: float = Field(default=5.0, gt=0, description="advantages are clamped to +-this")
+    beta: float = Field(default=0.0, ge=0, description="weight of the KL to the reference (LoRA disabled)")
+    timestep_fraction: float = Field(
+        default=1.0, gt=0, le=1, description="fraction of steps trained, evenly spaced"
+    )
+    train_timesteps: list[int] | None = Field(default=None, description="explicit step indices to train on")
+    inner_epochs: int = Field(default=1, ge=1, description="passes over each rollout batch")
+    update_policy: bool = Field(default=True, description="false: sample and score only (a control run)")
+
+
+class LoraConfig(StrictModel):
+    """LoRA adapters on the transformer (peft)."""
+
+    rank: int = Field(default=64, ge=1)
+    alpha: float = Field(default=128.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "to_q",
+            "to_k",
+            "to_v",
+            "to_out.0",
+            "add_q_proj",
+            "add_k_proj",
+            "add_v_proj",
+            "to_add_out",
+        ],
+        description="module names (peft target_modules)",
+    )
+
+
+class OptimConfig(StrictModel):
+    """AdamW and the learning-rate schedule."""
+
+    lr: float = Field(default=1e-5, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    betas: tuple[float, float] = Field(default=(0.9, 0.999))
+    eps: float = Field(default=1e-8, gt=0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    train_batch_size: int = Field(default=4, ge=1, description="samples per update micro-batch")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="micro-batches per optimizer step")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(default="constant")
+    warmup_steps: int = Field(default=0, ge=0, description="optimizer steps of warm-up")
+    ema: bool = Field(default=False, description="keep an exponential moving average of the LoRA weights")
+    ema_decay: float = Field(default=0.99, gt=0, lt=1)
+
+
+class RunConfig(StrictModel):
+    """Length, seeds, outputs."""
+
+    steps: int = Field(default=100, ge=1, description="training steps (sample, score, update)")
+    seed: int = Field(default=0)
+    output_dir: str = Field(default="runs/psr", description="checkpoints, TensorBoard logs, sample grids")
+    save_every: int = Field(default=50, ge=1, description="checkpoint every this many steps (and at the end)")
+    image_every: int = Field(default=10, ge=1, description="log a sample grid every this many steps")
+    keep_checkpoints: int = Field(default=3, ge=1, description="older checkpoints are deleted")
+
+
+class TrainConfig(StrictModel):
+    """Top level of a training config."""
+
+    model: ModelConfig
+    data: DataConfig
+    rewards: RewardsConfig
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> TrainConfig:
+        if self.sampling.group_size < self.grpo.min_valid_per_group:
+            raise ValueError(
+                f"sampling.group_size ({self.sampling.group_size}) is below grpo.min_valid_per_group "
+                f"({self.grpo.min_valid_per_group}): every group would be dropped"
+            )
+        bad = [k for k in self.grpo.train_timesteps or [] if not 0 <= k < self.sampling.num_steps]
+        if bad:
+            raise ValueError(f"grpo.train_timesteps {bad} outside 0..{self.sampling.num_steps - 1}")
+        return self
+
+    def train_step_indices(self) -> list[int]:
+        """Which denoising steps the loss uses."""
+        if self.grpo.train_timesteps:
+            return sorted(set(self.grpo.train_timesteps))
+        n = self.sampling.num_steps
+        count = max(1, round(n * self.grpo.timestep_fraction))
+        return sorted({int(i * n / count) for i in range(count)})
+
+
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+
+
+def tiny_run_config(
+    generator: str | Path, reward_url: str | None, output_dir: str | Path, overrides: list[str] | None = None
+) -> TrainConfig:
+    """``configs/tiny_cpu.yaml`` pointed at a tiny generator and a reward server (what ``psr demo`` trains)."""
+    from shared.config import load_config
+
+    base = [f"model.path={generator}", f"run.output_dir={output_dir}"]
+    if reward_url:
+        base.append(f"rewards.url={reward_url}")
+    return load_config(TrainConfig, TINY_CONFIG, base + list(overrides or []))

@@ -1,0 +1,173 @@
+"""Rollouts: prompt items, groups of SDE samples, and sending them to the reward service."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from trainer.config import DataConfig, TrainConfig
+from trainer.pipeline import Conditioning, MultiRefGenerator, to_uint8_images
+from trainer.sampling import Trajectory, sample_sde
+
+
+@dataclass
+class Item:
+    """A training prompt with its decoded reference images."""
+
+    prompt: str
+    references: list[np.ndarray]
+    categories: list[str]
+
+
+def _load_reference(spec: str, base: Path) -> np.ndarray:
+    if spec.startswith("solid:"):
+        rgb = [int(c) for c in spec[len("solid:") :].split(",")]
+        if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+            raise ValueError(f"bad reference {spec!r}: use solid:R,G,B with values 0-255")
+        return np.full((64, 64, 3), rgb, dtype=np.uint8)
+    path = Path(spec) if Path(spec).is_absolute() else base / spec
+    if not path.is_file():
+        raise FileNotFoundError(f"reference image {path} does not exist")
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def load_items(data: DataConfig, base_dir: Path = Path(".")) -> list[Item]:
+    """Inline prompt items plus those of a PSRBench-style JSON file (paths relative to the file)."""
+    items = [
+        Item(p.prompt, [_load_reference(r, base_dir) for r in p.references], list(p.categories))
+        for p in data.prompts
+    ]
+    if data.file:
+        path = Path(data.file) if Path(data.file).is_absolute() else base_dir / data.file
+        entries = json.loads(path.read_text())
+        if not isinstance(entries, list):
+            raise ValueError(f"{path} must hold a JSON list of items")
+        for i, entry in enumerate(entries):
+            if "instruction" not in entry:
+                raise ValueError(f"{path}[{i}] has no 'instruction'")
+            refs = entry.get("input_path", [])
+            refs = [refs] if isinstance(refs, str) else refs
+            cats = [entry[f"category{j + 1}"] for j in range(len(refs)) if f"category{j + 1}" in entry]
+            items.append(
+                Item(
+                    entry["instruction"],
+                    [_load_reference(r, path.parent) for r in refs],
+                    cats if len(cats) == len(refs) else [],
+                )
+            )
+    if not items:
+        raise ValueError("the data section yields no prompt items")
+    return items
+
+
+def pick_items(items: list[Item], count: int, seed: int, step: int, rank: int) -> list[Item]:
+    """The prompts of one step on one process: a deterministic function of (seed, step, rank)."""
+    rng = np.random.default_rng([seed, step, rank])
+    return [items[i] for i in rng.choice(len(items), size=count, replace=len(items) < count)]
+
+
+@dataclass
+class Rollout:
+    """One sampling batch (all samples share one reference layout) and what scoring needs."""
+
+    cond: Conditioning  # on the CPU
+    negative: Conditioning | None
+    trajectory: Trajectory
+    group_ids: np.ndarray
+    images: list[np.ndarray]
+    items: list[Item]  # per sample
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def sample_group_batch(
+    gen: MultiRefGenerator,
+    transformer: torch.nn.Module,
+    items: list[Item],
+    cfg: TrainConfig,
+    first_group: int,
+    seed: int,
+) -> list[Rollout]:
+    """Sample ``group_size`` images per item, split into batches of equal reference count."""
+    by_layout: dict[int, list[tuple[int, Item]]] = {}
+    for g, item in enumerate(items):
+        by_layout.setdefault(len(item.references), []).append((first_group + g, item))
+    out = []
+    for sub, members in enumerate(by_layout.values()):
+        out.append(_sample_layout(gen, transformer, members, cfg, seed * 1009 + sub))
+    return out
+
+
+def _sample_layout(gen, transformer, members, cfg: TrainConfig, seed: int) -> Rollout:
+    s, m = cfg.sampling, cfg.model
+    per_sample = [(gid, item) for gid, item in members for _ in range(s.group_size)]
+    items = [item for _, item in per_sample]
+    unique = [item for _, item in members]
+    # Encode each prompt and its references once, then repeat them for the group.
+    repeat = torch.arange(len(unique)).repeat_interleave(s.group_size)
+    cond = gen.condition(
+        [it.prompt for it in unique],
+        [it.references for it in unique],
+        m.resolution,
+        m.resolution,
+        m.reference_size,
+    ).index(repeat)
+    negative = None
+    if s.cfg_scale > 1.0:
+        negative = gen.condition(
+            [s.negative_prompt] * len(unique),
+            [it.references for it in unique],
+            m.resolution,
+            m.resolution,
+            m.reference_size,
+        ).index(repeat)
+    generator = torch.Generator().manual_seed(seed)
+    noise = gen.initial_noise(len(items), m.resolution, m.resolution, generator)
+    sigmas = gen.sigmas(s.num_steps, m.resolution, m.resolution)
+
+    def velocity(x, sigma):
+        return gen.velocity(
+            transformer, x.to(cond.prompt_embeds.dtype), sigma, cond, m.guidance_scale, negative, s.cfg_scale
+        ).float()
+
+    traj = sample_sde(velocity, noise, sigmas, s.noise_level, generator)
+    images = to_uint8_images(gen.decode(traj.final.to(gen.device), m.resolution, m.resolution))
+    return Rollout(
+        cond.to("cpu"),
+        None if negative is None else negative.to("cpu"),
+        traj,
+        np.array([gid for gid, _ in per_sample]),
+        images,
+        items,
+    )
+
+
+def submit_scores(client: Any, rollout: Rollout, cfg: TrainConfig) -> Future:
+    """Send a rollout for scoring; returns a Future of the client's ``Scores``.
+
+    With ``rewards.overlap`` false the call blocks (the comparison point of bench/overlap.py).
+    """
+    r = cfg.rewards
+    kwargs: dict[str, Any] = {
+        "rewards": dict(r.reward_weights),
+        "prompts": [it.prompt for it in rollout.items],
+    }
+    if r.send_subjects and any(it.categories for it in rollout.items):
+        kwargs["subjects"] = [list(zip(it.categories, it.references, strict=True)) for it in rollout.items]
+    if r.overlap:
+        return client.submit(rollout.images, **kwargs)
+    fut: Future = Future()
+    try:
+        fut.set_result(client.score(rollout.images, **kwargs))
+    except Exception as exc:
+        fut.set_exception(exc)
+    return fut
