@@ -14,7 +14,6 @@ from PIL import Image
 from tests.servers import REPO, psr_command, repo_env, server_process
 
 pytestmark = pytest.mark.slow
-pipeline = pytest.importorskip("trainer.pipeline")
 
 
 def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -31,21 +30,26 @@ def generator(tmp_path_factory) -> Path:
 
 def make_lora(generator: Path, out: Path) -> tuple[Path, Path]:
     """One random (non-zero) LoRA on the tiny transformer in both forms ``--lora`` reads: a PEFT
-    adapter folder, and a ``psr train``-style ``lora.safetensors`` (peft state dict, no config)."""
+    adapter folder, and a checkpoint written by ``psr train``'s own ``lora_state_dict`` (no config)."""
     import torch
     from diffusers import FluxTransformer2DModel
     from peft import LoraConfig, get_peft_model
-    from peft.utils import get_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import save_file
 
+    from trainer.checkpoint import lora_state_dict
+
     torch.manual_seed(0)
-    transformer = FluxTransformer2DModel.from_pretrained(generator, subfolder="transformer")
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False)
-    model = get_peft_model(transformer, config)
+    config = dict(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v"])
+    model = get_peft_model(FluxTransformer2DModel.from_pretrained(generator, subfolder="transformer"),
+                           LoraConfig(**config, init_lora_weights=False))
     model.save_pretrained(out / "peft")
-    state = {k.removeprefix("base_model.model."): v.contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    trained = FluxTransformer2DModel.from_pretrained(generator, subfolder="transformer")
+    trained.add_adapter(LoraConfig(**config))  # as trainer.policy does
+    weights = {k.removeprefix("base_model.model."): v for k, v in get_peft_model_state_dict(model).items()}
+    assert not set_peft_model_state_dict(trained, weights).unexpected_keys
     (out / "step-000001").mkdir(parents=True)
-    save_file(state, str(out / "step-000001" / "lora.safetensors"))
+    save_file(lora_state_dict(trained), str(out / "step-000001" / "lora.safetensors"))
     return out / "peft", out / "step-000001"
 
 
