@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import subprocess
@@ -26,12 +25,11 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def server(tiny_config: Path, tmp_path_factory) -> str:
-    """The tiny subject, judge, position and HPSv2 rewards under the default dimension names, the
-    paper's SC protocol as ``subject_paper``, and a judge stand-in that fails on "jumping"."""
+    """``psr make-tiny``'s subject, subject_paper, judge, position and HPSv2 rewards (the default
+    dimension names), and a judge stand-in that fails on "jumping"."""
     rewards = yaml.safe_load(tiny_config.read_text())["rewards"]
-    hosted = {n: rewards[n] for n in ("subject", "judge", "position", "hpsv2")}
-    hosted["subject_paper"] = rewards.get("subject_paper") or copy.deepcopy(rewards["subject"])
-    hosted["subject_paper"].setdefault("options", {})["paper_fallback"] = True
+    hosted = {n: rewards[n] for n in ("subject", "subject_paper", "judge", "position", "hpsv2")}
+    assert hosted["subject_paper"]["options"]["paper_fallback"] is True
     hosted["flaky_judge"] = {"type": "fixed_cost", "options": {"error_on": "jumping"}}
     config = tmp_path_factory.mktemp("bench-server") / "rewards.yaml"
     config.write_text(yaml.safe_dump({"rewards": hosted}))
