@@ -78,7 +78,8 @@ def decode_raw(data: bytes, shape: tuple[int, ...] | list[int], limits: ImageLim
     expected = height * width * 3
     if len(data) != expected:
         raise ImageDecodeError(f"raw image of shape {list(shape)} needs {expected} bytes, got {len(data)}")
-    return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
+    # a writable copy: torch and the image processors refuse (or warn about) read-only buffers
+    return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3).copy()
 
 
 def decode_image(payload: bytes | dict[str, Any], limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:

@@ -36,11 +36,7 @@ def to_device_uint8(images: Sequence[np.ndarray | torch.Tensor], device: torch.d
     """Move (H, W, 3) uint8 images to ``device`` as (3, H, W) uint8 tensors."""
     out = []
     for image in images:
-        if not isinstance(image, torch.Tensor):
-            # decoded raw images are read-only views of the request body; torch needs a writable buffer
-            writable = image.flags.writeable and image.flags.c_contiguous
-            image = torch.from_numpy(image if writable else np.array(image, order="C"))
-        tensor = image
+        tensor = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))
         out.append(tensor.to(device, non_blocking=True).permute(2, 0, 1))
     return out
 

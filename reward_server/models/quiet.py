@@ -27,3 +27,11 @@ def quiet_model_libraries() -> None:
     except ImportError:
         pass
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_drop_open_clip_random_init)
+
+
+def _drop_open_clip_random_init(record: logging.LogRecord) -> bool:
+    """open_clip warns on the root logger that it built random weights; our rewards then load a
+    state dict into them (``pretrained=None`` is deliberate), so the warning only misleads."""
+    return not record.getMessage().startswith("No pretrained weights loaded for model")
