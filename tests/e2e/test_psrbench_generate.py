@@ -22,10 +22,11 @@ def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def generator(tmp_path_factory) -> Path:
-    from trainer.tiny import make_tiny_generator
-
-    return make_tiny_generator(tmp_path_factory.mktemp("generator") / "generator")
+def generator(tiny_config: Path) -> Path:
+    """The tiny generator ``psr make-tiny`` writes beside its rewards.yaml."""
+    path = tiny_config.parent / "generator"
+    assert (path / "model_index.json").is_file()
+    return path
 
 
 def make_lora(generator: Path, out: Path) -> tuple[Path, Path]:
@@ -55,7 +56,7 @@ def make_lora(generator: Path, out: Path) -> tuple[Path, Path]:
 
 def generate(bench: Path, model: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     return run("bench", "generate", "--data", str(bench), "--model", str(model), "--out", str(out),
-               "--steps", "2", "--size", "32", "--ref-size", "32", "--batch-size", "4", "--device", "cpu",
+               "--steps", "2", "--size", "32", "--ref-size", "32", "--batch-size", "4", "--device", "cpu", "--cpu-threads", "1",
                "--no-progress", *extra)
 
 
