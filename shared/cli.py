@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "reward_server.cli",
     "reward_server.worker_cli",
     "trainer.cli",
+    "trainer.evaluation.cli",
 ]
 
 

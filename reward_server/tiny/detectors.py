@@ -87,6 +87,14 @@ def write(root: Path) -> dict[str, dict]:
             **batching,
             "options": {"detector": {"kind": "grounding_dino", "model": str(gd)}, "embedder": "dino"},
         },
+        # the paper's protocol (whole-image fallback), reported beside ours by `psr bench score`
+        "subject_paper": {
+            "type": "subject_consistency",
+            "model": str(root / DINO_DIR),
+            **batching,
+            "options": {"detector": {"kind": "grounding_dino", "model": str(gd)}, "embedder": "dino",
+                        "paper_fallback": True},
+        },
         "subject_owl": {
             "type": "subject_consistency",
             "model": str(root / DINOV2_DIR),
