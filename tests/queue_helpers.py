@@ -9,7 +9,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,16 +26,15 @@ from reward_server.config import ServerConfig
 from reward_server.redis_backend import RedisBackend
 from reward_server.registry import build_rewards, load_rewards
 from reward_server.service import ScoringService
+from reward_server.serving import free_port
 from reward_server.worker import Worker, connect_sync
 from shared import queue as q
 from shared.config import load_config
 from shared.images import encode_image
 from shared.protocol import ScoreRequest
+from tests.servers import REPO, require_binary, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
 REDIS_BIN = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-needs_redis = pytest.mark.skipif(not Path(REDIS_BIN).exists(), reason="redis-server is not installed")
 
 # Short timings so fault tests finish in seconds (validated like any config).
 # Margins (8 heartbeats per TTL/visibility timeout) keep a loaded CI machine from looking like dead workers.
@@ -47,24 +45,6 @@ FAST_QUEUE = {
     "max_attempts": 2,
     "outage_grace_s": 3.0,
 }
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition", every: float = 0.02) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:
@@ -115,11 +95,7 @@ class RedisServer:
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    if not Path(REDIS_BIN).exists():
-        message = "redis-server is not installed (scripts/setup.sh installs it)"
-        if os.environ.get("CI"):  # CI must run the queue tests, never skip them
-            pytest.fail(message)
-        pytest.skip(message)
+    require_binary("redis-server")
     server = RedisServer(tmp_path)
     server.start()
     yield server

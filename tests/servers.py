@@ -32,22 +32,47 @@ def psr_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "shared.cli", *args]
 
 
+def missing_tool(message: str) -> None:
+    """A system tool is missing: skip on a developer's machine, fail in CI (scripts/setup.sh installs it)."""
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def require_binary(name: str) -> str:
+    """Path of a system tool the test needs (see ``missing_tool``)."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        missing_tool(f"{name} is not installed (scripts/setup.sh installs it)")
+    return path
+
+
 def write_config(path: Path, rewards: dict, **top: object) -> Path:
     path.write_text(yaml.safe_dump({"rewards": rewards, **top}))
     return path
 
 
-def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    """Poll ``predicate`` until true; fail with ``what`` (and the process output) on timeout."""
+def wait_for(
+    condition, timeout: float = 10.0, what: str = "condition", proc: subprocess.Popen | None = None,
+    every: float = 0.02,
+):
+    """Poll ``condition`` until it returns something truthy (returned); fail at the deadline, or
+    at once (with its output) if ``proc`` exits meanwhile."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
+    while True:
+        value = condition()
+        if value:
+            return value
         if proc is not None and proc.poll() is not None:
             out = proc.stdout.read() if proc.stdout else ""
             raise AssertionError(f"process exited with {proc.returncode} while waiting for {what}:\n{out}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
 
 
 def _ready(url: str) -> bool:
@@ -72,7 +97,7 @@ def server_process(config: Path, *extra: str, env: dict[str, str] | None = None,
     url = f"http://127.0.0.1:{port}"
     try:
         if ready:
-            wait_until(lambda: _ready(url), 120, f"{url}/readyz", proc)
+            wait_for(lambda: _ready(url), 120, f"{url}/readyz", proc)
         yield url
     finally:
         proc.terminate()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ import pytest
 import yaml
 
 from shared.cli import build_parser
+from tests.servers import missing_tool
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -37,19 +37,11 @@ def _dockerfile_cmd(name: str) -> list[str]:
     return entry + cmd
 
 
-def _no_compose() -> None:
-    """Skip on a developer machine without a compose parser; in CI (scripts/setup.sh installs one) fail."""
-    message = "neither `docker compose` nor `docker-compose` is installed (scripts/setup.sh installs it)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def compose_config(tmp_path_factory) -> dict:
     command = _compose_command()
     if command is None:
-        _no_compose()
+        missing_tool("neither `docker compose` nor `docker-compose` is installed (scripts/setup.sh installs it)")
     env = tmp_path_factory.mktemp("compose") / "test.env"
     env.write_text(f"PSR_API_KEYS={KEY}\n")
     out = subprocess.run([*command, "--env-file", str(env), "-f", str(COMPOSE), "config"],
@@ -72,7 +64,7 @@ def test_compose_validates_with_gpu_workers_health_checks_and_the_key_from_the_e
 def test_compose_refuses_to_start_without_an_api_key(tmp_path):
     command = _compose_command()
     if command is None:
-        _no_compose()
+        missing_tool("neither `docker compose` nor `docker-compose` is installed (scripts/setup.sh installs it)")
     empty = tmp_path / "empty.env"
     empty.write_text("")
     out = subprocess.run([*command, "--env-file", str(empty), "-f", str(COMPOSE), "config"],

@@ -9,13 +9,14 @@ import pytest
 from shared import queue as q
 from shared.queue_producer import QueueError, QueueProducer, connect
 from tests import queue_helpers
-from tests.queue_helpers import Front, RedisServer, ThreadWorker, needs_redis, score_request, write_config
+from tests.queue_helpers import Front, RedisServer, ThreadWorker, score_request, write_config
+from tests.servers import require_binary
 
 redis_server = queue_helpers.redis_server  # fixture
 
 
-@needs_redis
 def test_password_in_the_url_is_used_and_a_wrong_one_is_refused_clearly(tmp_path):
+    require_binary("redis-server")
     server = RedisServer(tmp_path, password="s3cret-" + "p" * 16)
     server.start()
     try:
@@ -42,8 +43,8 @@ def test_password_in_the_url_is_used_and_a_wrong_one_is_refused_clearly(tmp_path
         server.stop()
 
 
-@needs_redis
 def test_a_burst_larger_than_the_connection_pool_waits_instead_of_failing(tmp_path):
+    require_binary("redis-server")
     server = RedisServer(tmp_path)
     server.start()
     cfg = write_config(tmp_path / "rewards.yaml", {"bright": {"type": "brightness", "max_batch_size": 64}})
