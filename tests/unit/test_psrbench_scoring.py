@@ -276,3 +276,17 @@ def test_a_starting_server_is_waited_for_within_the_connect_timeout():
         wait_for_rewards(Starting(down_calls=1), ["judge"], timeout=10, connect_timeout=0)
     with pytest.raises(BenchAborted, match=r"\['judge'\] did not finish loading within 0 s"):
         wait_for_rewards(Starting(down_calls=0, loading_calls=100), ["judge"], timeout=0)
+
+
+def test_a_non_finite_score_is_a_failure_not_a_crash_or_a_number(bench, tmp_path):
+    from trainer.evaluation.scoring import records_from_scores
+
+    items = load_bench(bench, ["Attribute"])[:1]
+    routes = {"sc": "sc_ours", "sa": "judge"}
+    res = Scores(scores={"sc_ours": np.array([np.inf]), "judge": np.array([0.5])}, total=np.array([np.nan]),
+                 errors=[], details={}, versions={})
+    (rec,) = records_from_scores(items, [tmp_path / "x.png"], routes, res)
+    assert rec["scores"] == {"sc": None, "sa": 0.5} and "sc" in rec["errors"]
+    store = ScoreStore(tmp_path / "scores.jsonl")
+    store.add([rec])  # strict JSON (allow_nan=False) must not choke on it
+    assert json.loads((tmp_path / "scores.jsonl").read_text())["scores"]["sc"] is None

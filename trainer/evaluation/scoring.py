@@ -71,7 +71,7 @@ class BenchAborted(RuntimeError):
 
 
 def _finite(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else float(value)
+    return None if value is None or not math.isfinite(value) else float(value)  # inf would break strict JSON
 
 
 def json_safe(obj: Any) -> Any:
