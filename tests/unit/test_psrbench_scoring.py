@@ -290,3 +290,24 @@ def test_a_non_finite_score_is_a_failure_not_a_crash_or_a_number(bench, tmp_path
     store = ScoreStore(tmp_path / "scores.jsonl")
     store.add([rec])  # strict JSON (allow_nan=False) must not choke on it
     assert json.loads((tmp_path / "scores.jsonl").read_text())["scores"]["sc"] is None
+
+
+def test_an_item_generated_after_scoring_is_scored_on_resume(bench, tmp_path):
+    """Score a half-generated run, finish generating, score again: the new image is scored, not left failed."""
+    out = tmp_path / "out"
+    results = bench / "results" / "results.json"
+    doc = json.loads(results.read_text())
+    kept = doc["subsets"]["Complex"][0].pop("result_path")
+    results.write_text(json.dumps(doc))
+    scorer, items = make_scorer(bench, FakeClient(), out)
+    scorer.run(scorer.pending(items))
+    assert scorer.store.records["Complex/0000"]["errors"]["sc"] == "no result_path: the item was not generated"
+    doc["subsets"]["Complex"][0]["result_path"] = kept  # generation resumed and finished
+    results.write_text(json.dumps(doc))
+    again = FakeClient()
+    scorer2, _ = make_scorer(bench, again, out)
+    todo = scorer2.pending(items)
+    assert [it.key for it in todo] == ["Complex/0000"]
+    scorer2.run(todo)
+    assert scorer2.store.records["Complex/0000"]["errors"] == {}
+    assert make_scorer(bench, again, out)[0].pending(items) == []

@@ -208,9 +208,16 @@ class BenchScorer:
         self.progress = progress or (lambda n: None)
 
     def pending(self, items: list[BenchItem], retry_failed: bool = False) -> list[BenchItem]:
-        """Items without a record (or, with ``retry_failed``, whose record has failures)."""
+        """Items without a record, whose record scored another image than the results now name (e.g.
+        an item generated after an earlier scoring run), or, with ``retry_failed``, with failures."""
         done = self.store.records
-        return [it for it in items if it.key not in done or (retry_failed and done[it.key]["errors"])]
+
+        def stale(key: str) -> bool:
+            now = self.result_paths.get(key)
+            return done[key].get("result_path") != (None if now is None else str(now))
+
+        return [it for it in items
+                if it.key not in done or stale(it.key) or (retry_failed and done[it.key]["errors"])]
 
     def _prepare(self, item: BenchItem) -> tuple[Any, list] | dict:
         """Images of one item, or a failed record saying why they cannot be read."""
