@@ -311,3 +311,22 @@ def test_an_item_generated_after_scoring_is_scored_on_resume(bench, tmp_path):
     scorer2.run(todo)
     assert scorer2.store.records["Complex/0000"]["errors"] == {}
     assert make_scorer(bench, again, out)[0].pending(items) == []
+
+
+def test_scores_of_other_generated_images_are_not_resumed(bench, tmp_path, capsys):
+    """Regenerating into the same results (e.g. another LoRA) must not reuse the earlier images' scores."""
+    from reward_server.serving import free_port
+    from shared.cli import main
+
+    out = tmp_path / "out"
+    results = bench / "results" / "results.json"
+    argv = ["bench", "score", "--data", str(bench), "--results", str(results), "--out", str(out), "--no-progress",
+            "--server", f"http://127.0.0.1:{free_port()}", "--set", "connect_timeout_s=0"]
+    assert main(argv) == 1  # no server: stops after recording the run's settings
+    ScoreStore(out / "scores.jsonl").add([{"key": "Action/0000", "errors": {}}])  # as if scored back then
+    assert main(argv) == 1  # same images: resumable
+    doc = json.loads(results.read_text())
+    doc["meta"] = {**doc.get("meta", {}), "lora": "runs/other/checkpoints/step-000100"}
+    results.write_text(json.dumps(doc))
+    assert main(argv) == 2
+    assert "other generation" in capsys.readouterr().err

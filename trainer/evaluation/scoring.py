@@ -154,7 +154,7 @@ def check_run(out: Path, meta: dict[str, Any]) -> None:
     path, scores = out / "run.json", out / "scores.jsonl"
     if path.exists() and scores.exists() and scores.stat().st_size:
         old = json.loads(path.read_text())
-        changed = [k for k in meta if old.get(k) != meta[k]]
+        changed = [k for k in meta if k in old and old[k] != meta[k]]  # keys newer than old run.json pass
         if changed:
             raise ConfigError(f"{out} holds scores made with other {', '.join(changed)} ({path}); "
                               "use a new --out folder or pass --restart to start over")
