@@ -139,8 +139,7 @@ class FlowGRPOTrainer:
         for b in range(s.batches_per_step):
             chunk = items[b * s.prompts_per_batch : (b + 1) * s.prompts_per_batch]
             seed = int(np.random.SeedSequence([self.cfg.run.seed, step, self.rank, b]).generate_state(1)[0])
-            # the same autocast as the update, so on-policy ratios are 1 (bf16 on GPU; no-op in fp32)
-            with timer.phase("rollout"), self.acc.autocast():
+            with timer.phase("rollout"):
                 batch = sample_group_batch(
                     self.policy.gen, self.policy.transformer, chunk, self.cfg, b * s.prompts_per_batch, seed
                 )
