@@ -53,16 +53,15 @@ def load_items(data: DataConfig, base_dir: Path = Path(".")) -> list[Item]:
         for i, entry in enumerate(entries):
             if "instruction" not in entry:
                 raise ValueError(f"{path}[{i}] has no 'instruction'")
-            refs = entry.get("input_path", [])
+            refs = entry.get("input_path", entry.get("input_paths", []))
             refs = [refs] if isinstance(refs, str) else refs
             cats = [entry[f"category{j + 1}"] for j in range(len(refs)) if f"category{j + 1}" in entry]
-            items.append(
-                Item(
-                    entry["instruction"],
-                    [_load_reference(r, path.parent) for r in refs],
-                    cats if len(cats) == len(refs) else [],
+            if cats and len(cats) != len(refs):  # half the subjects would be silently unscored
+                raise ValueError(
+                    f"{path}[{i}] has {len(refs)} references but only {len(cats)} of "
+                    f"category1..category{len(refs)}: give one category per reference"
                 )
-            )
+            items.append(Item(entry["instruction"], [_load_reference(r, path.parent) for r in refs], cats))
     if not items:
         raise ValueError("the data section yields no prompt items")
     return items
@@ -162,7 +161,10 @@ def submit_scores(client: Any, rollout: Rollout, cfg: TrainConfig) -> Future:
         "prompts": [it.prompt for it in rollout.items],
     }
     if r.send_subjects and any(it.categories for it in rollout.items):
-        kwargs["subjects"] = [list(zip(it.categories, it.references, strict=True)) for it in rollout.items]
+        # an item without categories sends no subjects: a subject reward fails (masked) on it, no crash
+        kwargs["subjects"] = [
+            list(zip(it.categories, it.references, strict=True)) if it.categories else [] for it in rollout.items
+        ]
     if r.overlap:
         return client.submit(rollout.images, **kwargs)
     fut: Future = Future()

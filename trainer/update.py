@@ -69,7 +69,10 @@ def optimise(
         chunk_of = {int(i): c for c in chunks for i in c}
         for i, (r_i, local) in enumerate(batches):
             r = rollouts[r_i]
-            n_accum = len(chunk_of[i])
+            if i == chunk_of[i][0]:
+                # the optimizer step averages over the chunk's unmasked samples, so a micro-batch
+                # of masked (failed or dropped-group) samples never dilutes or inflates the others
+                chunk_valid = sum(int(advantages_of(batches[c][0])[1][batches[c][1]].sum()) for c in chunk_of[i])
             sync = i == chunk_of[i][-1]
             device = acc.device
             idx = torch.as_tensor(local)
@@ -80,6 +83,8 @@ def optimise(
             adv_values, adv_mask = advantages_of(r_i)
             advantages = torch.as_tensor(adv_values[local], dtype=torch.float32, device=device)
             mask = torch.as_tensor(adv_mask[local], device=device)
+            n_valid = int(adv_mask[local].sum())
+            weight = n_valid / max(chunk_valid, 1)  # masked_mean's share of the chunk's sample mean
 
             def velocity(x, sigma, net=model, cond=cond, neg=neg):
                 return gen.velocity(
@@ -107,12 +112,13 @@ def optimise(
                             )
                         kl = masked_mean(gaussian_kl(mean, ref_mean, std), mask)
                         loss = loss + g.beta * kl
-                        sums["kl"] += kl.item()
-                    acc.backward(loss / (len(ks) * n_accum))
-                    sums["loss"] += loss.item()
+                        sums["kl"] += kl.item() * n_valid
+                    # a fully masked micro-batch still runs its backward: every process syncs alike
+                    acc.backward(loss * weight / len(ks))
+                    sums["loss"] += loss.item() * n_valid
                     for key, value in stats.items():
-                        sums[key] += value.item()
-                    count += 1
+                        sums[key] += value.item() * n_valid
+                    count += n_valid
             if sync:
                 grad_norm = float(acc.clip_grad_norm_(policy.params, o.max_grad_norm))
                 policy.optimizer.step()
@@ -121,7 +127,7 @@ def optimise(
                 if policy.ema is not None:
                     policy.ema.update()
     model.eval()
-    out = {f"train/{k}": v / max(count, 1) for k, v in sums.items()}
+    out = {f"train/{k}": v / count for k, v in sums.items()} if count else {}  # per trained sample
     out["train/grad_norm_last"] = grad_norm
     out["train/lr"] = policy.lr_scheduler.get_last_lr()[0]
     return out

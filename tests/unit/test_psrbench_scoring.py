@@ -276,3 +276,57 @@ def test_a_starting_server_is_waited_for_within_the_connect_timeout():
         wait_for_rewards(Starting(down_calls=1), ["judge"], timeout=10, connect_timeout=0)
     with pytest.raises(BenchAborted, match=r"\['judge'\] did not finish loading within 0 s"):
         wait_for_rewards(Starting(down_calls=0, loading_calls=100), ["judge"], timeout=0)
+
+
+def test_a_non_finite_score_is_a_failure_not_a_crash_or_a_number(bench, tmp_path):
+    from trainer.evaluation.scoring import records_from_scores
+
+    items = load_bench(bench, ["Attribute"])[:1]
+    routes = {"sc": "sc_ours", "sa": "judge"}
+    res = Scores(scores={"sc_ours": np.array([np.inf]), "judge": np.array([0.5])}, total=np.array([np.nan]),
+                 errors=[], details={}, versions={})
+    (rec,) = records_from_scores(items, [tmp_path / "x.png"], routes, res)
+    assert rec["scores"] == {"sc": None, "sa": 0.5} and "sc" in rec["errors"]
+    store = ScoreStore(tmp_path / "scores.jsonl")
+    store.add([rec])  # strict JSON (allow_nan=False) must not choke on it
+    assert json.loads((tmp_path / "scores.jsonl").read_text())["scores"]["sc"] is None
+
+
+def test_an_item_generated_after_scoring_is_scored_on_resume(bench, tmp_path):
+    """Score a half-generated run, finish generating, score again: the new image is scored, not left failed."""
+    out = tmp_path / "out"
+    results = bench / "results" / "results.json"
+    doc = json.loads(results.read_text())
+    kept = doc["subsets"]["Complex"][0].pop("result_path")
+    results.write_text(json.dumps(doc))
+    scorer, items = make_scorer(bench, FakeClient(), out)
+    scorer.run(scorer.pending(items))
+    assert scorer.store.records["Complex/0000"]["errors"]["sc"] == "no result_path: the item was not generated"
+    doc["subsets"]["Complex"][0]["result_path"] = kept  # generation resumed and finished
+    results.write_text(json.dumps(doc))
+    again = FakeClient()
+    scorer2, _ = make_scorer(bench, again, out)
+    todo = scorer2.pending(items)
+    assert [it.key for it in todo] == ["Complex/0000"]
+    scorer2.run(todo)
+    assert scorer2.store.records["Complex/0000"]["errors"] == {}
+    assert make_scorer(bench, again, out)[0].pending(items) == []
+
+
+def test_scores_of_other_generated_images_are_not_resumed(bench, tmp_path, capsys):
+    """Regenerating into the same results (e.g. another LoRA) must not reuse the earlier images' scores."""
+    from reward_server.serving import free_port
+    from shared.cli import main
+
+    out = tmp_path / "out"
+    results = bench / "results" / "results.json"
+    argv = ["bench", "score", "--data", str(bench), "--results", str(results), "--out", str(out), "--no-progress",
+            "--server", f"http://127.0.0.1:{free_port()}", "--set", "connect_timeout_s=0"]
+    assert main(argv) == 1  # no server: stops after recording the run's settings
+    ScoreStore(out / "scores.jsonl").add([{"key": "Action/0000", "errors": {}}])  # as if scored back then
+    assert main(argv) == 1  # same images: resumable
+    doc = json.loads(results.read_text())
+    doc["meta"] = {**doc.get("meta", {}), "lora": "runs/other/checkpoints/step-000100"}
+    results.write_text(json.dumps(doc))
+    assert main(argv) == 2
+    assert "other generation" in capsys.readouterr().err

@@ -52,3 +52,42 @@ def test_pick_items_is_deterministic_per_step_and_rank():
     assert pick_items(items, 4, 0, 3, 0) != pick_items(items, 4, 0, 3, 1)
     assert pick_items(items, 4, 0, 3, 0) != pick_items(items, 4, 0, 4, 0)
     assert len(set(pick_items(items, 10, 0, 0, 0))) == 10  # without replacement when there are enough
+
+
+def test_psrbench_file_categories_must_cover_every_reference(tmp_path):
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.full((8, 8, 3), 5, np.uint8)).save(tmp_path / name)
+    entries = [{"instruction": "a dog and a cup", "input_paths": ["a.png", "b.png"], "category1": "dog"}]
+    (tmp_path / "train.json").write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match=r"train\.json\[0\] has 2 references but only 1 of category1\.\.category2"):
+        load_items(DataConfig(file=str(tmp_path / "train.json")))
+    entries[0]["category2"] = "cup"  # input_paths (PSRBench's other spelling) is read too
+    (tmp_path / "train.json").write_text(json.dumps(entries))
+    (item,) = load_items(DataConfig(file=str(tmp_path / "train.json")))
+    assert item.categories == ["dog", "cup"] and len(item.references) == 2
+
+
+class _Recorder:
+    def submit(self, images, **kwargs):
+        from concurrent.futures import Future
+
+        self.kwargs = kwargs
+        fut: Future = Future()
+        fut.set_result(None)
+        return fut
+
+
+def test_items_without_categories_send_no_subjects_instead_of_crashing(tmp_path):
+    from trainer.config import TrainConfig
+    from trainer.rollout import Item, Rollout, submit_scores
+
+    ref = np.full((8, 8, 3), 5, np.uint8)
+    items = [Item("a dog", [ref], ["dog"]), Item("a thing", [ref], [])]  # same layout, one unlabelled
+    rollout = Rollout(None, None, None, np.array([0, 1]), [ref, ref], items)
+    cfg = TrainConfig(
+        model={"path": "unused"}, data={"prompts": [{"prompt": "x"}]}, rewards={"reward_weights": {"subject": 1.0}}
+    )
+    client = _Recorder()
+    submit_scores(client, rollout, cfg).result()
+    subjects = client.kwargs["subjects"]
+    assert subjects[1] == [] and subjects[0][0][0] == "dog" and subjects[0][0][1] is ref

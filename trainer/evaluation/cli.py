@@ -115,7 +115,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from shared.config import load_config
     from trainer.evaluation.radar import plot_radar
     from trainer.evaluation.report import load_summary, markdown_table, summarize, write_reports
-    from trainer.evaluation.results import load_result_paths, results_label
+    from trainer.evaluation.results import load_result_paths, results_label, results_meta
     from trainer.evaluation.scoring import (
         BenchAborted,
         BenchConfig,
@@ -136,7 +136,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.restart:
         _clear(out, ["scores.jsonl", "run.json"])
     check_run(out, {"data": str(root.resolve()), "results": str(Path(args.results).resolve()),
-                    "rewards": config.rewards.model_dump()})
+                    "rewards": config.rewards.model_dump(),
+                    "generation": results_meta(args.results)})  # regenerated images (other LoRA...) != old scores
     store = ScoreStore(out / "scores.jsonl")
     label = args.label or results_label(args.results)
     with RewardClient(args.server, api_key=args.api_key, timeout=args.timeout,

@@ -130,3 +130,15 @@ def results_label(path: str | Path) -> str:
     except (OSError, json.JSONDecodeError, AttributeError):
         model = None
     return Path(model).name if isinstance(model, str) and model else (path if path.is_dir() else path.parent).name
+
+
+def results_meta(path: str | Path) -> dict[str, Any] | None:
+    """The ``meta`` (model, LoRA, seed, steps...) a ``psr bench generate`` results file records, else None."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    try:
+        meta = json.loads(path.read_text()).get("meta") if path.is_file() else None
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return meta if isinstance(meta, dict) else None

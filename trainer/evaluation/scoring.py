@@ -71,7 +71,7 @@ class BenchAborted(RuntimeError):
 
 
 def _finite(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else float(value)
+    return None if value is None or not math.isfinite(value) else float(value)  # inf would break strict JSON
 
 
 def json_safe(obj: Any) -> Any:
@@ -154,7 +154,7 @@ def check_run(out: Path, meta: dict[str, Any]) -> None:
     path, scores = out / "run.json", out / "scores.jsonl"
     if path.exists() and scores.exists() and scores.stat().st_size:
         old = json.loads(path.read_text())
-        changed = [k for k in meta if old.get(k) != meta[k]]
+        changed = [k for k in meta if k in old and old[k] != meta[k]]  # keys newer than old run.json pass
         if changed:
             raise ConfigError(f"{out} holds scores made with other {', '.join(changed)} ({path}); "
                               "use a new --out folder or pass --restart to start over")
@@ -208,9 +208,16 @@ class BenchScorer:
         self.progress = progress or (lambda n: None)
 
     def pending(self, items: list[BenchItem], retry_failed: bool = False) -> list[BenchItem]:
-        """Items without a record (or, with ``retry_failed``, whose record has failures)."""
+        """Items without a record, whose record scored another image than the results now name (e.g.
+        an item generated after an earlier scoring run), or, with ``retry_failed``, with failures."""
         done = self.store.records
-        return [it for it in items if it.key not in done or (retry_failed and done[it.key]["errors"])]
+
+        def stale(key: str) -> bool:
+            now = self.result_paths.get(key)
+            return done[key].get("result_path") != (None if now is None else str(now))
+
+        return [it for it in items
+                if it.key not in done or stale(it.key) or (retry_failed and done[it.key]["errors"])]
 
     def _prepare(self, item: BenchItem) -> tuple[Any, list] | dict:
         """Images of one item, or a failed record saying why they cannot be read."""
