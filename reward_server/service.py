@@ -104,7 +104,11 @@ def assemble_response(
     total: list[float | None] = []
     for i in range(n):
         parts = [scores[name][i] for name in weights]
-        total.append(None if any(p is None for p in parts) else sum(weights[k] * scores[k][i] for k in weights))
+        value = None if any(p is None for p in parts) else sum(weights[k] * scores[k][i] for k in weights)
+        if value is not None and not math.isfinite(value):  # huge weights overflow; JSON has no inf
+            errors.append(SampleError(sample=i, reward="total", message=f"weighted total is not finite ({value})"))
+            value = None
+        total.append(value)
     return ScoreResponse(
         scores=scores, total=total, errors=errors, details=details, versions={k: versions[k] for k in weights}
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import Sequence
 
@@ -134,3 +135,13 @@ def test_assemble_response_only_totals_requested_weights() -> None:
     response = assemble_response({"a": 0.5, "b": -1.0}, results, {"a": "va", "b": "vb"}, 2)
     assert response.total == [pytest.approx(-1.5), None]
     assert response.errors[0].message == "no"
+
+
+def test_total_that_overflows_is_null_with_an_error_not_inf() -> None:
+    # finite weights and scores whose weighted sum overflows: inf cannot be sent as JSON (was a 500)
+    results = {"a": [ScoreResult(1.0)], "b": [ScoreResult(1.0)]}
+    response = assemble_response({"a": 1.7e308, "b": 1.7e308}, results, {"a": "va", "b": "vb"}, 1)
+    assert response.total == [None]
+    assert [(e.sample, e.reward) for e in response.errors] == [(0, "total")]
+    assert "not finite" in response.errors[0].message
+    json.dumps(response.model_dump(mode="json"), allow_nan=False)  # what the HTTP layer does
