@@ -59,4 +59,9 @@ class ServerConfig(StrictModel):
     def _some_rewards(self) -> ServerConfig:
         if not self.rewards:
             raise ValueError("the config hosts no rewards: add at least one entry under `rewards:`")
+        short = {k: v for k, v in (("blob_ttl_s", self.queue.blob_ttl_s), ("result_ttl_s", self.queue.result_ttl_s))
+                 if v < self.request_timeout_s}
+        if short:  # images or job records would expire while a caller still waits for them
+            raise ValueError(f"queue {short} must be at least request_timeout_s ({self.request_timeout_s:g}); "
+                             "raise them or lower request_timeout_s")
         return self
