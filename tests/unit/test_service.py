@@ -145,3 +145,15 @@ def test_total_that_overflows_is_null_with_an_error_not_inf() -> None:
     assert [(e.sample, e.reward) for e in response.errors] == [(0, "total")]
     assert "not finite" in response.errors[0].message
     json.dumps(response.model_dump(mode="json"), allow_nan=False)  # what the HTTP layer does
+
+
+def test_the_images_of_one_request_have_a_decoded_pixel_budget() -> None:
+    # each 4x4 image is 16 pixels; a tiny PNG can claim 16M pixels, so only a total bounds memory
+    from reward_server.config import LimitsConfig
+
+    limits = LimitsConfig(max_request_pixels=64).image_limits()
+    two = ScoreRequest(rewards={"brightness": 1.0}, samples=[sample(refs=1), sample(refs=1)])  # 4 images, 64 px
+    assert run(two, limits=limits).scores["brightness"] == pytest.approx([0.2, 0.2])
+    three = ScoreRequest(rewards={"brightness": 1.0}, samples=[sample(refs=1)] * 2 + [sample(refs=0)])
+    with pytest.raises(InvalidRequest, match=r"samples\[2\]\.image: .*more than 64 pixels"):
+        run(three, limits=limits)
