@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -149,7 +150,11 @@ class ScoringService:
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         """Validate, decode (off the event loop), compute and assemble."""
         names = self.validate(request)
-        samples = await asyncio.to_thread(decode_samples, request, self.limits)
+        stop = threading.Event()
+        try:
+            samples = await asyncio.to_thread(decode_samples, request, self.limits, stop)
+        finally:
+            stop.set()  # a caller that timed out or left: its thread stops decoding (and allocating)
         check_inputs(self.rewards, names, samples)
         results = await self.backend.run(request, samples, names) if samples else {n: [] for n in names}
         versions = {name: reward.version for name, reward in self.rewards.items()}

@@ -10,6 +10,7 @@ Two wire forms carry the same structure:
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -178,11 +179,17 @@ def _decode(image: RawImage | bytes, where: str, limits: ImageLimits, decoded: l
     return array
 
 
-def decode_samples(request: ScoreRequest, limits: ImageLimits = DEFAULT_LIMITS) -> list[Sample]:
-    """Decode every image of a request; errors name the field, e.g. ``samples[2].subjects[0].reference``."""
+def decode_samples(
+    request: ScoreRequest, limits: ImageLimits = DEFAULT_LIMITS, stop: threading.Event | None = None
+) -> list[Sample]:
+    """Decode every image of a request; errors name the field, e.g. ``samples[2].subjects[0].reference``.
+
+    ``stop`` set (the caller gave up) ends the work between samples with ``InvalidRequest``."""
     samples = []
     decoded = [0]  # pixels so far, against limits.max_request_pixels
     for i, sample in enumerate(request.samples):
+        if stop is not None and stop.is_set():
+            raise InvalidRequest("decoding stopped: the request was cancelled")
         subjects = tuple(
             Subject(
                 category=subject.category,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -157,3 +158,45 @@ def test_the_images_of_one_request_have_a_decoded_pixel_budget() -> None:
     three = ScoreRequest(rewards={"brightness": 1.0}, samples=[sample(refs=1)] * 2 + [sample(refs=0)])
     with pytest.raises(InvalidRequest, match=r"samples\[2\]\.image: .*more than 64 pixels"):
         run(three, limits=limits)
+
+
+def test_a_cancelled_request_stops_decoding_its_images(monkeypatch) -> None:
+    # the decode thread used to run to the end (GBs for a large request) after a 504
+    import threading
+
+    import shared.protocol as protocol
+    from reward_server import service as service_module
+
+    calls, finished = [], threading.Event()
+    real_decode, real_samples = protocol.decode_image, service_module.decode_samples
+
+    def slow_decode(payload, limits):
+        calls.append(1)
+        time.sleep(0.01)  # stands in for decoding a large PNG
+        return real_decode(payload, limits)
+
+    def watched(*args):
+        try:
+            return real_samples(*args)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(protocol, "decode_image", slow_decode)
+    monkeypatch.setattr(service_module, "decode_samples", watched)
+    rewards = make_rewards()
+    request = ScoreRequest(rewards={"brightness": 1.0}, samples=[sample(refs=0)] * 200)
+
+    async def main() -> None:
+        backend = LocalBackend(rewards)
+        task = asyncio.ensure_future(ScoringService(rewards, backend).score(request))
+        deadline = time.monotonic() + 5
+        while not calls and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await backend.close()
+
+    asyncio.run(main())
+    assert finished.wait(10)
+    assert len(calls) < 100, f"decoded {len(calls)} of 200 images after the caller gave up"
