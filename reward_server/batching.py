@@ -102,6 +102,7 @@ class DynamicBatcher:
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"reward-{name}")
         self._task: asyncio.Task | None = None
+        self._scoring: list[Pending] = []  # the batch on the model thread now (close() releases it)
 
     @property
     def queued_samples(self) -> int:
@@ -152,6 +153,7 @@ class DynamicBatcher:
             if not batch:
                 continue
             groups = [p.samples for p in batch]
+            self._scoring = batch
             started = time.monotonic()
             try:
                 results = await loop.run_in_executor(self._executor, score_isolated, self._score, groups)
@@ -164,6 +166,7 @@ class DynamicBatcher:
             for pending, part in zip(batch, results, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(part)
+            self._scoring = []
 
     async def close(self) -> None:
         """Stop the loop and the model thread (pending callers are cancelled)."""
@@ -171,7 +174,8 @@ class DynamicBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for p in self._queue:
+        for p in [*self._queue, *self._scoring]:
             p.future.cancel()
         self._queue.clear()
+        self._scoring = []
         self._executor.shutdown(wait=False, cancel_futures=True)

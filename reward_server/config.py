@@ -36,13 +36,17 @@ class LimitsConfig(StrictModel):
     max_samples_per_request: int = Field(default=1024, ge=1)
     max_image_side: int = Field(default=4096, ge=8)
     max_image_pixels: int = Field(default=4096 * 4096, ge=64)
+    max_request_pixels: int = Field(
+        default=2**30, ge=64, description="decoded pixels of all images of one request together (3 bytes each)"
+    )
     max_queued_samples_per_caller: int = Field(
         default=0, ge=0, description="samples one API key may have waiting; more is 429 (0: no limit)"
     )
     retry_after_s: float = Field(default=1.0, gt=0, description="Retry-After sent with a 429")
 
     def image_limits(self) -> ImageLimits:
-        return ImageLimits(max_side=self.max_image_side, max_pixels=self.max_image_pixels)
+        return ImageLimits(max_side=self.max_image_side, max_pixels=self.max_image_pixels,
+                           max_request_pixels=self.max_request_pixels)
 
 
 class ServerConfig(StrictModel):
@@ -59,4 +63,9 @@ class ServerConfig(StrictModel):
     def _some_rewards(self) -> ServerConfig:
         if not self.rewards:
             raise ValueError("the config hosts no rewards: add at least one entry under `rewards:`")
+        short = {k: v for k, v in (("blob_ttl_s", self.queue.blob_ttl_s), ("result_ttl_s", self.queue.result_ttl_s))
+                 if v < self.request_timeout_s}
+        if short:  # images or job records would expire while a caller still waits for them
+            raise ValueError(f"queue {short} must be at least request_timeout_s ({self.request_timeout_s:g}); "
+                             "raise them or lower request_timeout_s")
         return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -104,7 +105,11 @@ def assemble_response(
     total: list[float | None] = []
     for i in range(n):
         parts = [scores[name][i] for name in weights]
-        total.append(None if any(p is None for p in parts) else sum(weights[k] * scores[k][i] for k in weights))
+        value = None if any(p is None for p in parts) else sum(weights[k] * scores[k][i] for k in weights)
+        if value is not None and not math.isfinite(value):  # huge weights overflow; JSON has no inf
+            errors.append(SampleError(sample=i, reward="total", message=f"weighted total is not finite ({value})"))
+            value = None
+        total.append(value)
     return ScoreResponse(
         scores=scores, total=total, errors=errors, details=details, versions={k: versions[k] for k in weights}
     )
@@ -145,7 +150,11 @@ class ScoringService:
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         """Validate, decode (off the event loop), compute and assemble."""
         names = self.validate(request)
-        samples = await asyncio.to_thread(decode_samples, request, self.limits)
+        stop = threading.Event()
+        try:
+            samples = await asyncio.to_thread(decode_samples, request, self.limits, stop)
+        finally:
+            stop.set()  # a caller that timed out or left: its thread stops decoding (and allocating)
         check_inputs(self.rewards, names, samples)
         results = await self.backend.run(request, samples, names) if samples else {n: [] for n in names}
         versions = {name: reward.version for name, reward in self.rewards.items()}

@@ -13,6 +13,7 @@ A failed score is NaN in the arrays (and listed in ``errors``), never 0.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import threading
 import time
@@ -150,9 +151,17 @@ def _raise_for_status(response: httpx.Response) -> None:
         detail = response.text
     message = f"reward service answered {response.status_code}: {detail}"
     if response.status_code == 429 or response.status_code >= 500:
-        retry_after = response.headers.get("retry-after")
-        raise RetryableError(message, response.status_code, float(retry_after) if retry_after else None)
+        raise RetryableError(message, response.status_code, _retry_after(response.headers.get("retry-after")))
     raise RewardServiceError(message, response.status_code)
+
+
+def _retry_after(header: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header; None for an HTTP date or junk (then we back off as usual)."""
+    try:
+        seconds = float(header) if header else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _backoff(attempt: int, error: RetryableError, base: float) -> float:

@@ -26,11 +26,13 @@ class ImageDecodeError(ValueError):
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Bounds on one decoded image."""
+    """Bounds on one decoded image, and on all the images of one request together."""
 
     max_side: int = 4096
     max_pixels: int = 4096 * 4096
     min_side: int = 1
+    # PNG compresses a blank 4096x4096 image ~1000x: without a total, a small body decodes to GBs
+    max_request_pixels: int = 2**30
 
     def check(self, height: int, width: int) -> None:
         if height < self.min_side or width < self.min_side:

@@ -10,6 +10,7 @@ Two wire forms carry the same structure:
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -165,30 +166,42 @@ class InvalidRequest(ValueError):
     """A request that cannot be scored; the message names the offending field."""
 
 
-def _decode(image: RawImage | bytes, where: str, limits: ImageLimits) -> np.ndarray:
+def _decode(image: RawImage | bytes, where: str, limits: ImageLimits, decoded: list[int]) -> np.ndarray:
     payload = image.model_dump() if isinstance(image, RawImage) else image
     try:
-        return decode_image(payload, limits)
+        array = decode_image(payload, limits)
     except ImageDecodeError as exc:
         raise InvalidRequest(f"{where}: {exc}") from exc
+    decoded[0] += array.shape[0] * array.shape[1]
+    if decoded[0] > limits.max_request_pixels:
+        raise InvalidRequest(f"{where}: the request's images decode to more than {limits.max_request_pixels} "
+                             "pixels in all; send fewer or smaller images per request")
+    return array
 
 
-def decode_samples(request: ScoreRequest, limits: ImageLimits = DEFAULT_LIMITS) -> list[Sample]:
-    """Decode every image of a request; errors name the field, e.g. ``samples[2].subjects[0].reference``."""
+def decode_samples(
+    request: ScoreRequest, limits: ImageLimits = DEFAULT_LIMITS, stop: threading.Event | None = None
+) -> list[Sample]:
+    """Decode every image of a request; errors name the field, e.g. ``samples[2].subjects[0].reference``.
+
+    ``stop`` set (the caller gave up) ends the work between samples with ``InvalidRequest``."""
     samples = []
+    decoded = [0]  # pixels so far, against limits.max_request_pixels
     for i, sample in enumerate(request.samples):
+        if stop is not None and stop.is_set():
+            raise InvalidRequest("decoding stopped: the request was cancelled")
         subjects = tuple(
             Subject(
                 category=subject.category,
                 reference=None
                 if subject.reference is None
-                else _decode(subject.reference, f"samples[{i}].subjects[{j}].reference", limits),
+                else _decode(subject.reference, f"samples[{i}].subjects[{j}].reference", limits, decoded),
             )
             for j, subject in enumerate(sample.subjects)
         )
         samples.append(
             Sample(
-                image=_decode(sample.image, f"samples[{i}].image", limits),
+                image=_decode(sample.image, f"samples[{i}].image", limits, decoded),
                 prompt=sample.prompt,
                 subjects=subjects,
                 metadata=sample.metadata,

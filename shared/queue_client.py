@@ -17,6 +17,7 @@ import asyncio
 import threading
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from shared import queue as q
@@ -58,6 +59,7 @@ class QueueTransport:
         if down:
             raise RetryableError(str(NoLiveWorker(down)), 503)
         state = self.producer.state
+        _check_inputs(request, {n: state[n].description.get("inputs", ()) for n in names})
         chunks = {n: int(state[n].description.get("max_batch_size") or DEFAULT_CHUNK) for n in names}
         samples = [q.encode_wire_sample(s) for s in request.samples]
         try:
@@ -89,3 +91,30 @@ class QueueTransport:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
+
+
+class _Published:
+    """A reward as its workers describe it: enough for ``check_inputs``."""
+
+    def __init__(self, name: str, inputs: Any):
+        self.name, self.inputs = name, frozenset(inputs)
+
+    def check_sample(self, sample: Any) -> str | None:
+        from reward_server.rewards.base import missing_input
+
+        return missing_input(self.name, self.inputs, sample)
+
+
+def _check_inputs(request: ScoreRequest, inputs: dict[str, Any]) -> None:
+    """Refuse (422, as over HTTP) samples lacking an input a reward needs, before anything is queued."""
+    from reward_server.service import check_inputs
+    from shared.protocol import InvalidRequest, Sample, Subject
+
+    placeholder = np.empty((0, 0, 3), np.uint8)  # only the presence of images matters here
+    samples = [Sample(image=placeholder, prompt=s.prompt, subjects=tuple(
+        Subject(c.category, None if c.reference is None else placeholder) for c in s.subjects))
+        for s in request.samples]  # fmt: skip
+    try:
+        check_inputs({n: _Published(n, i) for n, i in inputs.items()}, list(inputs), samples)
+    except InvalidRequest as exc:
+        raise RewardServiceError(f"invalid request: {exc}", 422) from exc

@@ -232,6 +232,9 @@ class QueueProducer:
             self._forget(sub)
             self._note_outage(exc)
             raise QueueError(f"Redis is unreachable, the request was not queued: {exc}") from exc
+        except BaseException:  # cancelled (the caller's timeout) or any other error: nobody will wait
+            self._forget(sub)
+            raise
         return sub
 
     def _forget(self, sub: Submission) -> None:

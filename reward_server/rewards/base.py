@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,6 +28,24 @@ class ScoreResult:
     @classmethod
     def failed(cls, message: str, details: dict[str, Any] | None = None) -> ScoreResult:
         return cls(score=None, details=details, error=message)
+
+
+def missing_input(name: str, inputs: Collection[str], sample: Sample) -> str | None:
+    """Why ``sample`` lacks one of ``inputs`` that reward ``name`` needs, or ``None`` if it is complete.
+
+    Shared by ``Reward.check_sample`` and the queue client, which knows rewards only by the
+    ``inputs`` their workers publish."""
+    if PROMPT in inputs and not sample.prompt.strip():
+        return f"reward {name!r} needs a prompt"
+    if SUBJECTS in inputs and not sample.subjects:
+        return f"reward {name!r} needs at least one subject"
+    if REFERENCES in inputs:
+        if not sample.subjects:
+            return f"reward {name!r} needs subjects with reference images"
+        missing = [i for i, s in enumerate(sample.subjects) if s.reference is None]
+        if missing:
+            return f"reward {name!r} needs a reference image for subjects {missing}"
+    return None
 
 
 class NoOptions(StrictModel):
@@ -64,17 +82,7 @@ class Reward(ABC):
 
     def check_sample(self, sample: Sample) -> str | None:
         """Return why ``sample`` lacks an input this reward needs, or ``None`` if it is complete."""
-        if PROMPT in self.inputs and not sample.prompt.strip():
-            return f"reward {self.name!r} needs a prompt"
-        if SUBJECTS in self.inputs and not sample.subjects:
-            return f"reward {self.name!r} needs at least one subject"
-        if REFERENCES in self.inputs:
-            if not sample.subjects:
-                return f"reward {self.name!r} needs subjects with reference images"
-            missing = [i for i, s in enumerate(sample.subjects) if s.reference is None]
-            if missing:
-                return f"reward {self.name!r} needs a reference image for subjects {missing}"
-        return None
+        return missing_input(self.name, self.inputs, sample)
 
     @property
     def version(self) -> str:

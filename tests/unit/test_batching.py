@@ -229,3 +229,28 @@ def test_empty_submission_returns_at_once() -> None:
             await batcher.close()
 
     assert asyncio.run(main()) == []
+
+
+def test_close_releases_callers_whose_batch_is_on_the_model_thread() -> None:
+    # close() used to cancel only queued chunks: a caller whose batch was being scored waited forever
+    entered, release = threading.Event(), threading.Event()
+
+    def blocking(batch: Sequence[Sample]) -> list[ScoreResult]:
+        entered.set()
+        release.wait(10)
+        return [ScoreResult(1.0) for _ in batch]
+
+    async def main() -> None:
+        batcher = DynamicBatcher(blocking, max_batch_size=4, max_wait_ms=0)
+        caller = asyncio.ensure_future(batcher.submit(samples("a", "b")))
+        try:
+            await asyncio.to_thread(entered.wait, 10)
+            await batcher.close()
+            done, _ = await asyncio.wait([caller], timeout=5)
+            assert done, "the caller still waits after close()"
+            with pytest.raises(asyncio.CancelledError):
+                caller.result()
+        finally:
+            release.set()
+
+    asyncio.run(main())

@@ -90,3 +90,17 @@ def test_no_images_means_no_request():
     transport = ScriptedTransport()
     res = client(transport).score([], {"b": 1.0})
     assert len(res) == 0 and res.scores["b"].shape == (0,) and transport.requests == []
+
+
+@pytest.mark.parametrize("header", ["Wed, 21 Oct 2015 07:28:00 GMT", "nan", "-5", "soon"])
+def test_a_retry_after_that_is_not_seconds_still_means_retry(header):
+    # a proxy may send an HTTP date (RFC 9110) or junk: that used to raise ValueError in the client
+    import httpx
+
+    from shared.client import _backoff, _raise_for_status
+
+    response = httpx.Response(503, headers={"retry-after": header}, json={"detail": "busy"})
+    with pytest.raises(RetryableError, match="busy") as info:
+        _raise_for_status(response)
+    wait = _backoff(0, info.value, 0.5)
+    assert 0.0 <= wait <= 30.0

@@ -126,3 +126,35 @@ def test_unreachable_redis_is_an_immediate_clear_error():
         return time.monotonic() - started
 
     assert asyncio.run(main()) < 2
+
+
+class _StuckPipeline:
+    """A pipeline whose execute never returns (e.g. waiting for a pooled connection)."""
+
+    def __getattr__(self, _name):
+        return lambda *a, **k: None
+
+    async def execute(self):
+        await asyncio.Event().wait()
+
+
+class _StuckClient:
+    def pipeline(self, transaction=True):
+        return _StuckPipeline()
+
+
+def test_a_submit_cancelled_while_enqueueing_leaves_no_waiting_futures():
+    # the app's request timeout cancels submit mid-execute; its futures used to stay forever
+    async def main():
+        p = QueueProducer(_StuckClient(), SETTINGS, ["a"])
+        task = asyncio.create_task(p.submit([b"s0", b"s1"], {"a": 1}, timeout_s=10))
+        deadline = time.monotonic() + 5
+        while not p._waiting and time.monotonic() < deadline:
+            await asyncio.sleep(0)
+        assert p._waiting, "submit never registered its jobs"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return p._waiting
+
+    assert asyncio.run(main()) == {}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -134,3 +136,67 @@ def test_assemble_response_only_totals_requested_weights() -> None:
     response = assemble_response({"a": 0.5, "b": -1.0}, results, {"a": "va", "b": "vb"}, 2)
     assert response.total == [pytest.approx(-1.5), None]
     assert response.errors[0].message == "no"
+
+
+def test_total_that_overflows_is_null_with_an_error_not_inf() -> None:
+    # finite weights and scores whose weighted sum overflows: inf cannot be sent as JSON (was a 500)
+    results = {"a": [ScoreResult(1.0)], "b": [ScoreResult(1.0)]}
+    response = assemble_response({"a": 1.7e308, "b": 1.7e308}, results, {"a": "va", "b": "vb"}, 1)
+    assert response.total == [None]
+    assert [(e.sample, e.reward) for e in response.errors] == [(0, "total")]
+    assert "not finite" in response.errors[0].message
+    json.dumps(response.model_dump(mode="json"), allow_nan=False)  # what the HTTP layer does
+
+
+def test_the_images_of_one_request_have_a_decoded_pixel_budget() -> None:
+    # each 4x4 image is 16 pixels; a tiny PNG can claim 16M pixels, so only a total bounds memory
+    from reward_server.config import LimitsConfig
+
+    limits = LimitsConfig(max_request_pixels=64).image_limits()
+    two = ScoreRequest(rewards={"brightness": 1.0}, samples=[sample(refs=1), sample(refs=1)])  # 4 images, 64 px
+    assert run(two, limits=limits).scores["brightness"] == pytest.approx([0.2, 0.2])
+    three = ScoreRequest(rewards={"brightness": 1.0}, samples=[sample(refs=1)] * 2 + [sample(refs=0)])
+    with pytest.raises(InvalidRequest, match=r"samples\[2\]\.image: .*more than 64 pixels"):
+        run(three, limits=limits)
+
+
+def test_a_cancelled_request_stops_decoding_its_images(monkeypatch) -> None:
+    # the decode thread used to run to the end (GBs for a large request) after a 504
+    import threading
+
+    import shared.protocol as protocol
+    from reward_server import service as service_module
+
+    calls, finished = [], threading.Event()
+    real_decode, real_samples = protocol.decode_image, service_module.decode_samples
+
+    def slow_decode(payload, limits):
+        calls.append(1)
+        time.sleep(0.01)  # stands in for decoding a large PNG
+        return real_decode(payload, limits)
+
+    def watched(*args):
+        try:
+            return real_samples(*args)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(protocol, "decode_image", slow_decode)
+    monkeypatch.setattr(service_module, "decode_samples", watched)
+    rewards = make_rewards()
+    request = ScoreRequest(rewards={"brightness": 1.0}, samples=[sample(refs=0)] * 200)
+
+    async def main() -> None:
+        backend = LocalBackend(rewards)
+        task = asyncio.ensure_future(ScoringService(rewards, backend).score(request))
+        deadline = time.monotonic() + 5
+        while not calls and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await backend.close()
+
+    asyncio.run(main())
+    assert finished.wait(10)
+    assert len(calls) < 100, f"decoded {len(calls)} of 200 images after the caller gave up"
