@@ -296,6 +296,10 @@ class AsyncRewardClient:
         retry_backoff: float = 0.5,
         max_concurrency: int = 4,
     ):
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"AsyncRewardClient speaks HTTP only, got {url!r}; use RewardClient for redis:// URLs"
+            )
         headers = {"content-type": MSGPACK, "accept": MSGPACK}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"

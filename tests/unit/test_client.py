@@ -104,3 +104,10 @@ def test_a_retry_after_that_is_not_seconds_still_means_retry(header):
         _raise_for_status(response)
     wait = _backoff(0, info.value, 0.5)
     assert 0.0 <= wait <= 30.0
+
+
+def test_async_client_refuses_a_queue_url_at_construction():
+    from shared.client import AsyncRewardClient
+
+    with pytest.raises(ValueError, match="HTTP only"):
+        AsyncRewardClient("redis://127.0.0.1:6379/0")
