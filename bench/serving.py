@@ -1,12 +1,18 @@
 """Serving overhead and dynamic batching, measured in one run.
 
+0. service / model, in process: a 16-image request through ``ScoringService`` (decode, dynamic
+   batcher, model thread, answer assembly) vs. the reward's ``score`` on its model thread.
 1. served / bare: images per second of a reward called directly (``reward.score`` in batches)
    vs. the same reward behind ``psr serve`` over HTTP (msgpack, raw uint8), with several
    concurrent clients.
 2. batching gain: many concurrent single-image callers against a reward with a fixed cost per
    model call, with ``max_batch_size`` 32 vs 1.
 
-    python -m bench.serving [--reward dino_i] [--images 256] [--clients 8]
+    python -m bench.serving [--reward dino_i] [--images 256] [--clients 8] [--threads 1]
+
+Both sides get the same torch thread count (``--threads``): on a small CPU machine, where the
+clients share the cores, more model threads than cores make the served figure measure thread
+oversubscription rather than serving overhead.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from reward_server.config import ServerConfig
@@ -26,7 +33,7 @@ from reward_server.registry import build_rewards, load_rewards
 from shared.client import RewardClient
 from shared.config import load_config
 from shared.protocol import Sample, Subject
-from tests.servers import server_process
+from tests.servers import repo_env, server_process
 
 
 def make_samples(n: int, size: int, seed: int = 0) -> list[Sample]:
@@ -47,6 +54,41 @@ def bare_throughput(config: ServerConfig, name: str, samples: list[Sample]) -> f
     for i in range(0, len(samples), batch):
         reward.score(samples[i : i + batch])
     return len(samples) / (time.perf_counter() - start)
+
+
+def service_overhead(config: ServerConfig, name: str, samples: list[Sample], rounds: int = 100) -> tuple[float, float]:
+    """Milliseconds per request: the model alone on its thread, and the whole in-process service."""
+    import asyncio
+
+    from reward_server.service import LocalBackend, ScoringService
+    from shared.client import build_requests
+    from shared.protocol import ScoreRequest
+
+    rewards = build_rewards(config, only=[name])
+    request = ScoreRequest.model_validate(build_requests(
+        [s.image for s in samples], {name: 1.0}, prompts=[s.prompt for s in samples],
+        subjects=[[(x.category, x.reference) for x in s.subjects] for s in samples],
+    )[0])
+
+    async def run() -> tuple[float, float]:
+        backend = LocalBackend(rewards)
+        await backend.load()
+        service, batcher = ScoringService(rewards, backend), backend.batchers[name]
+        try:
+            for _ in range(5):
+                await service.score(request)
+            start = time.perf_counter()
+            for _ in range(rounds):
+                await batcher.run_on_model_thread(rewards[name].score, samples)
+            model = (time.perf_counter() - start) / rounds
+            start = time.perf_counter()
+            for _ in range(rounds):
+                await service.score(request)
+            return model * 1000, (time.perf_counter() - start) / rounds * 1000
+        finally:
+            await backend.close()
+
+    return asyncio.run(run())
 
 
 def served_throughput(url: str, name: str, samples: list[Sample], clients: int, per_request: int) -> float:
@@ -74,8 +116,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--per-request", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the model, bare and served")
     args = parser.parse_args()
     quiet_model_libraries()
+    torch.set_num_threads(args.threads)
+    server_env = repo_env(OMP_NUM_THREADS=str(args.threads))
     with tempfile.TemporaryDirectory() as tmp:
         if args.config:
             config_path = Path(args.config)
@@ -86,8 +131,12 @@ def main() -> None:
         config = load_config(ServerConfig, config_path)
         samples = make_samples(args.images, args.size)
 
+        model_ms, service_ms = service_overhead(config, args.reward, samples[: args.per_request])
+        print(f"[0] {args.reward}, {args.per_request} images/request in process: model {model_ms:.2f} ms, "
+              f"service {service_ms:.2f} ms -> overhead {service_ms - model_ms:.2f} ms, "
+              f"service / model = {service_ms / model_ms:.2f}")
         bare = bare_throughput(config, args.reward, samples)
-        with server_process(config_path, "--rewards", args.reward) as url:
+        with server_process(config_path, "--rewards", args.reward, env=server_env) as url:
             served = served_throughput(url, args.reward, samples, args.clients, args.per_request)
         print(f"[1] {args.reward}: bare {bare:.1f} img/s, served {served:.1f} img/s "
               f"({args.clients} clients x {args.per_request} images/request)")

@@ -43,9 +43,12 @@ class AppState:
 
 
 async def _load_models(state: AppState) -> None:
-    pending = {name: r for name, r in state.rewards.items() if not r.loaded}
+    backend = state.service.backend
     try:
-        await asyncio.to_thread(load_rewards, pending)
+        if isinstance(backend, LocalBackend):
+            await backend.load()  # on each reward's model thread
+        else:
+            await asyncio.to_thread(load_rewards, {n: r for n, r in state.rewards.items() if not r.loaded})
         log.info("all %d rewards loaded: %s", len(state.rewards), ", ".join(state.rewards))
     except Exception as exc:
         state.load_error = str(exc)

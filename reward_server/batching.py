@@ -16,12 +16,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from reward_server.rewards.base import ScoreResult
 from shared.protocol import Sample
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 ScoreFn = Callable[[Sequence[Sample]], list[ScoreResult]]
 BatchObserver = Callable[[int, float, bool], None]  # (batch size, seconds, failed)
 
@@ -109,6 +111,12 @@ class DynamicBatcher:
         """Samples waiting for a batch (for metrics and back-pressure)."""
         return sum(len(p.samples) for p in self._queue if not p.future.done())
 
+    async def run_on_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on this reward's model thread. Loading the model there too matters on the
+        CPU: torch's OpenMP team belongs to the thread that made it, and a second team (one
+        thread loading, another scoring) spins against the first -- 2x slower on 2 cores."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     async def submit(self, samples: Sequence[Sample]) -> list[ScoreResult]:
         """Score ``samples`` (any number), batched with whatever else is waiting."""
         if not samples:
@@ -146,7 +154,6 @@ class DynamicBatcher:
                 return
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wait_for_batch()
             batch = take_batch(self._queue, self.max_batch_size)
@@ -156,7 +163,7 @@ class DynamicBatcher:
             self._scoring = batch
             started = time.monotonic()
             try:
-                results = await loop.run_in_executor(self._executor, score_isolated, self._score, groups)
+                results = await self.run_on_model_thread(score_isolated, self._score, groups)
             except Exception as exc:  # score_isolated catches model errors; this is a bug guard
                 log.exception("batcher %s crashed", self.name)
                 results = [[ScoreResult.failed(f"internal error: {exc!r}") for _ in g] for g in groups]

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from reward_server.batching import DynamicBatcher
+from reward_server.registry import load_rewards
 from reward_server.rewards.base import Reward, ScoreResult
 from shared.images import ImageLimits
 from shared.protocol import InvalidRequest, Sample, SampleError, ScoreRequest, ScoreResponse, decode_samples
@@ -58,6 +59,12 @@ class LocalBackend:
     ) -> dict[str, list[ScoreResult]]:
         results = await asyncio.gather(*(self.batchers[name].submit(samples) for name in rewards))
         return dict(zip(rewards, results, strict=True))
+
+    async def load(self) -> None:
+        """Load every reward not yet loaded, each on its own model thread (see ``run_on_model_thread``)."""
+        for name, reward in self.rewards.items():
+            if not reward.loaded:
+                await self.batchers[name].run_on_model_thread(load_rewards, {name: reward})
 
     def ready(self) -> dict[str, bool]:
         return {name: reward.loaded for name, reward in self.rewards.items()}
