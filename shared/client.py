@@ -170,14 +170,19 @@ def _backoff(attempt: int, error: RetryableError, base: float) -> float:
     return min(base * 2**attempt, 10.0) * (0.5 + random.random())
 
 
+def msgpack_headers(api_key: str | None) -> dict[str, str]:
+    """Headers of every scoring call: msgpack both ways, the API key if any."""
+    headers = {"content-type": MSGPACK, "accept": MSGPACK}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    return headers
+
+
 class HttpTransport:
     """POSTs msgpack to ``/v1/score`` with httpx."""
 
     def __init__(self, url: str, api_key: str | None, timeout: float):
-        headers = {"content-type": MSGPACK, "accept": MSGPACK}
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        self._client = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        self._client = httpx.Client(base_url=url.rstrip("/"), headers=msgpack_headers(api_key), timeout=timeout)
 
     def score(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -210,7 +215,26 @@ def make_transport(url: str, api_key: str | None, timeout: float) -> Any:
     return HttpTransport(url, api_key, timeout)
 
 
-class RewardClient:
+class _ClientOptions:
+    """What the sync and async clients share: batching, encoding and the retry policy."""
+
+    def __init__(self, max_retries: int, batch_size: int, image_format: ImageFormat, retry_backoff: float):
+        self.max_retries = max_retries
+        self.batch_size = batch_size
+        self.image_format = image_format
+        self.retry_backoff = retry_backoff
+
+    def _requests(self, images, rewards, prompts, subjects, metadata) -> list[dict[str, Any]]:
+        return build_requests(images, rewards, prompts, subjects, metadata, self.image_format, self.batch_size)
+
+    def _retry_delay(self, attempt: int, exc: RetryableError) -> float:
+        """Seconds to wait before the next try; raises once the retries are used up."""
+        if attempt == self.max_retries:
+            raise RewardServiceError(f"{exc} (gave up after {attempt + 1} tries)", exc.status) from exc
+        return _backoff(attempt, exc, self.retry_backoff)
+
+
+class RewardClient(_ClientOptions):
     """Synchronous client; ``submit`` runs ``score`` in a background thread and returns a Future."""
 
     def __init__(
@@ -224,11 +248,8 @@ class RewardClient:
         retry_backoff: float = 0.5,
         transport: Any = None,
     ):
+        super().__init__(max_retries, batch_size, image_format, retry_backoff)
         self.url = url
-        self.max_retries = max_retries
-        self.batch_size = batch_size
-        self.image_format = image_format
-        self.retry_backoff = retry_backoff
         self.transport = transport or make_transport(url, api_key, timeout)
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -242,9 +263,7 @@ class RewardClient:
         metadata: Sequence[dict[str, Any]] | None = None,
     ) -> Scores:
         """Score a batch of images; see the module docstring."""
-        requests = build_requests(
-            images, rewards, prompts, subjects, metadata, self.image_format, self.batch_size
-        )
+        requests = self._requests(images, rewards, prompts, subjects, metadata)
         if not requests:
             return Scores.empty(rewards)
         return Scores.concat([Scores.from_response(self._send(r)) for r in requests])
@@ -265,9 +284,7 @@ class RewardClient:
             try:
                 return self.transport.score(request)
             except RetryableError as exc:
-                if attempt == self.max_retries:
-                    raise RewardServiceError(f"{exc} (gave up after {attempt + 1} tries)", exc.status) from exc
-                time.sleep(_backoff(attempt, exc, self.retry_backoff))
+                time.sleep(self._retry_delay(attempt, exc))
         raise AssertionError("unreachable")
 
     def close(self) -> None:
@@ -282,7 +299,7 @@ class RewardClient:
         self.close()
 
 
-class AsyncRewardClient:
+class AsyncRewardClient(_ClientOptions):
     """Asynchronous client with the same behaviour as ``RewardClient``."""
 
     def __init__(
@@ -300,14 +317,8 @@ class AsyncRewardClient:
             raise ValueError(
                 f"AsyncRewardClient speaks HTTP only, got {url!r}; use RewardClient for redis:// URLs"
             )
-        headers = {"content-type": MSGPACK, "accept": MSGPACK}
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        self._client = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
-        self.max_retries = max_retries
-        self.batch_size = batch_size
-        self.image_format = image_format
-        self.retry_backoff = retry_backoff
+        super().__init__(max_retries, batch_size, image_format, retry_backoff)
+        self._client = httpx.AsyncClient(base_url=url.rstrip("/"), headers=msgpack_headers(api_key), timeout=timeout)
         self._limit = asyncio.Semaphore(max_concurrency)
 
     async def score(
@@ -318,9 +329,7 @@ class AsyncRewardClient:
         subjects: Sequence[Subjects] | None = None,
         metadata: Sequence[dict[str, Any]] | None = None,
     ) -> Scores:
-        requests = build_requests(
-            images, rewards, prompts, subjects, metadata, self.image_format, self.batch_size
-        )
+        requests = self._requests(images, rewards, prompts, subjects, metadata)
         if not requests:
             return Scores.empty(rewards)
         parts = await asyncio.gather(*(self._send(r) for r in requests))
@@ -340,9 +349,7 @@ class AsyncRewardClient:
             try:
                 return await self._post(request)
             except RetryableError as exc:
-                if attempt == self.max_retries:
-                    raise RewardServiceError(f"{exc} (gave up after {attempt + 1} tries)", exc.status) from exc
-                await asyncio.sleep(_backoff(attempt, exc, self.retry_backoff))
+                await asyncio.sleep(self._retry_delay(attempt, exc))
         raise AssertionError("unreachable")
 
     async def rewards(self) -> list[dict[str, Any]]:
