@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +25,9 @@ from reward_server.app import create_app
 from reward_server.config import ServerConfig
 from reward_server.serving import BackgroundServer
 from shared.client import RewardClient
-from shared.config import load_config
-from trainer.config import TrainConfig
+from trainer.config import tiny_run_config
 from trainer.tiny import make_tiny_generator
 from trainer.train import FlowGRPOTrainer
-
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
 
 
 def serve(latency: float, batch_images: int) -> tuple[BackgroundServer, str]:
@@ -50,22 +46,16 @@ def serve(latency: float, batch_images: int) -> tuple[BackgroundServer, str]:
     server = BackgroundServer(create_app(config))
     url = server.start()
     with RewardClient(url) as client:
-        deadline = time.monotonic() + 60
-        while not all(r["ready"] for r in client.rewards()):
-            if time.monotonic() > deadline:
-                raise RuntimeError("reward server not ready")
-            time.sleep(0.05)
+        client.wait_until_ready(60)
     return server, url
 
 
 def make_trainer(tiny: Path, out: Path, url: str, steps: int, batches: int, overlap: bool) -> FlowGRPOTrainer:
-    cfg = load_config(
-        TrainConfig,
-        CONFIG,
+    cfg = tiny_run_config(
+        tiny,
+        url,
+        out,
         [
-            f"model.path={tiny}",
-            f"run.output_dir={out}",
-            f"rewards.url={url}",
             f"run.steps={steps}",
             f"sampling.batches_per_step={batches}",
             "sampling.prompts_per_batch=1",
@@ -111,7 +101,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tiny = make_tiny_generator(tmp / "generator")
-        batch_images = load_config(TrainConfig, CONFIG, ["model.path=x"]).sampling.group_size
+        batch_images = tiny_run_config(tiny, None, tmp / "probe").sampling.group_size
         latency = args.latency
         if latency is None:
             server, url = serve(0.0, batch_images)

@@ -279,6 +279,14 @@ class RewardClient(_ClientOptions):
         """The rewards the service hosts (``GET /v1/rewards``)."""
         return self.transport.get("/v1/rewards")["rewards"]
 
+    def wait_until_ready(self, timeout: float = 300.0, every: float = 0.05) -> None:
+        """Block until every hosted reward reports ready (models loaded / live workers)."""
+        deadline = time.monotonic() + timeout
+        while not all(r["ready"] for r in self.rewards()):
+            if time.monotonic() > deadline:
+                raise RewardServiceError(f"the reward service at {self.url} was not ready within {timeout} s")
+            time.sleep(every)
+
     def _send(self, request: dict[str, Any]) -> dict[str, Any]:
         for attempt in range(self.max_retries + 1):
             try:

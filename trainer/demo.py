@@ -3,7 +3,6 @@ server, a short Flow-GRPO run on the CPU. No GPU, no Redis, no downloads."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +31,6 @@ def demo_images(seed: int = 0, size: int = 64) -> tuple[list[np.ndarray], list[s
         prompts.append("a dog to the left of a red hat" if i % 2 == 0 else "a dog next to a red hat")
         subjects.append([("dog", dog), ("hat", hat)])
     return images, prompts, subjects
-
-
-def wait_until_ready(client: RewardClient, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not all(r["ready"] for r in client.rewards()):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the reward models did not load within {timeout} s")
-        time.sleep(0.05)
 
 
 def print_training(summary: dict) -> None:
@@ -82,7 +73,7 @@ def run_demo(workdir: Path, steps: int | None = None) -> int:
     config = load_config(ServerConfig, config_path)
     with BackgroundServer(create_app(config)) as url, RewardClient(url) as client:
         print(f"[2/4] reward server on {url} hosting: {', '.join(config.rewards)}", flush=True)
-        wait_until_ready(client)
+        client.wait_until_ready()
         print("[3/4] Flow-GRPO on the tiny generator, rewarded for brightness by the server", flush=True)
         overrides = [f"run.steps={steps}"] if steps else []
         run = tiny_run_config(workdir / "models" / "generator", url, workdir / "run", overrides)

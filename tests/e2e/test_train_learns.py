@@ -5,7 +5,6 @@ Several seeds; the control (same runs with the policy update disabled) must not 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +14,10 @@ from reward_server.app import create_app
 from reward_server.config import ServerConfig
 from reward_server.serving import BackgroundServer
 from shared.client import RewardClient
-from shared.config import load_config
-from trainer.config import TrainConfig
+from trainer.config import tiny_run_config
 from trainer.tiny import make_tiny_generator
 from trainer.train import run_training
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml"
 SEEDS = (0, 1, 2)
 STEPS = 8
 
@@ -33,26 +30,16 @@ def reward_url():
         rewards={"brightness": {"type": "brightness", "max_batch_size": 64, "max_wait_ms": 2}}
     )
     with BackgroundServer(create_app(config)) as url, RewardClient(url) as client:
-        deadline = time.monotonic() + 60
-        while not all(r["ready"] for r in client.rewards()):
-            assert time.monotonic() < deadline, "reward server not ready"
-            time.sleep(0.05)
+        client.wait_until_ready(60)
         yield url
 
 
 def gain(tiny: Path, out: Path, url: str, seed: int, update: bool) -> tuple[float, list[float]]:
-    cfg = load_config(
-        TrainConfig,
-        CONFIG,
-        [
-            f"model.path={tiny}",
-            f"run.output_dir={out}",
-            f"rewards.url={url}",
-            f"run.seed={seed}",
-            f"run.steps={STEPS}",
-            f"grpo.update_policy={str(update).lower()}",
-            f"run.save_every={STEPS}",
-        ],
+    cfg = tiny_run_config(
+        tiny,
+        url,
+        out,
+        [f"run.seed={seed}", f"run.steps={STEPS}", f"grpo.update_policy={str(update).lower()}", f"run.save_every={STEPS}"],
     )
     rewards = run_training(cfg, progress=False)["reward_mean"]
     return float(np.mean(rewards[-2:]) - np.mean(rewards[:2])), rewards

@@ -41,7 +41,8 @@ class RecordingClient:
         return LazyFuture(lambda: self.inner.score(images, **kwargs), self.events, self.n)
 
 
-def test_update_trains_on_early_batches_before_waiting_for_the_last(tmp_path):
+def recorded_trainer(tmp_path, batches: int, *overrides: str) -> tuple[FlowGRPOTrainer, list[str]]:
+    """A one-step trainer on the tiny generator whose reward client records submits and waits."""
     tiny = make_tiny_generator(tmp_path / "generator")
     events: list[str] = []
     client = RecordingClient(InProcessRewardClient({"brightness": {"type": "brightness"}}), events)
@@ -54,13 +55,18 @@ def test_update_trains_on_early_batches_before_waiting_for_the_last(tmp_path):
             "run.steps=1",
             "sampling.group_size=4",
             "sampling.prompts_per_batch=1",
-            "sampling.batches_per_step=3",
+            f"sampling.batches_per_step={batches}",
             "sampling.num_steps=2",
             "optim.train_batch_size=4",
             "data.prompts=[{prompt: a red apple}]",
+            *overrides,
         ],
     )
-    trainer = FlowGRPOTrainer(cfg, client)
+    return FlowGRPOTrainer(cfg, client), events
+
+
+def test_update_trains_on_early_batches_before_waiting_for_the_last(tmp_path):
+    trainer, events = recorded_trainer(tmp_path, 3)
     step_fn = trainer.policy.optimizer.step
 
     def recording_step(*args, **kwargs):
@@ -84,26 +90,8 @@ def test_update_trains_on_early_batches_before_waiting_for_the_last(tmp_path):
 
 
 def test_scale_rewards_batch_needs_every_reward_first(tmp_path):
-    tiny = make_tiny_generator(tmp_path / "generator")
-    events: list[str] = []
-    client = RecordingClient(InProcessRewardClient({"brightness": {"type": "brightness"}}), events)
-    cfg = load_config(
-        TrainConfig,
-        CONFIG,
-        [
-            f"model.path={tiny}",
-            f"run.output_dir={tmp_path / 'run'}",
-            "run.steps=1",
-            "sampling.group_size=4",
-            "sampling.prompts_per_batch=1",
-            "sampling.batches_per_step=2",
-            "sampling.num_steps=2",
-            "optim.train_batch_size=4",
-            "grpo.scale_rewards=batch",
-            "data.prompts=[{prompt: a red apple}]",
-        ],
-    )
-    FlowGRPOTrainer(cfg, client).train(progress=False)
+    trainer, events = recorded_trainer(tmp_path, 2, "grpo.scale_rewards=batch")
+    trainer.train(progress=False)
     assert events == ["submit 1", "submit 2", "wait 1", "wait 2"], events
 
 
