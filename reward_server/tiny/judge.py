@@ -18,6 +18,16 @@ CHAT_TEMPLATE = (
 )
 
 
+def _text_config(vocab: dict[str, int]) -> dict:
+    """The tiny text tower both Qwen-VL generations share (head_dim 16 = 2 * sum(mrope_section))."""
+    return dict(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=8192,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3]),
+        bos_token_id=vocab["<|endoftext|>"], eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<|endoftext|>"],
+    )
+
+
 def write_qwen25_vl(path: Path) -> Path:
     """Hidden 32, 2 text + 2 vision layers; text head_dim 16 = 2 * sum(mrope_section)."""
     from transformers import (
@@ -31,12 +41,7 @@ def write_qwen25_vl(path: Path) -> Path:
     tokenizer = qwen_tokenizer()
     vocab = tokenizer.get_vocab()
     config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=1, max_position_embeddings=8192,
-            rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3]),
-            bos_token_id=vocab["<|endoftext|>"], eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<|endoftext|>"],
-        ),
+        text_config=_text_config(vocab),
         vision_config=dict(
             depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
             temporal_patch_size=2, window_size=56, out_hidden_size=32, fullatt_block_indexes=[1],
@@ -66,12 +71,7 @@ def write_qwen2_vl(path: Path) -> Path:
     tokenizer = qwen_tokenizer()
     vocab = tokenizer.get_vocab()
     config = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=1, max_position_embeddings=8192,
-            rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3]),
-            bos_token_id=vocab["<|endoftext|>"], eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<|endoftext|>"],
-        ),
+        text_config=_text_config(vocab),
         vision_config=dict(depth=2, embed_dim=32, hidden_size=32, mlp_ratio=2, num_heads=2, patch_size=14),
         image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
         vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"],
