@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from reward_server.config import ServerConfig
-from reward_server.redis_backend import RedisBackend
+from reward_server.queue.backend import RedisBackend
 from reward_server.registry import build_rewards, load_rewards
 from reward_server.service import LocalBackend, ScoringService
 from shared.config import load_config

@@ -75,7 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     rewards = build_rewards(config, only)
     backend = None
     if args.redis:  # a front: models live on the workers
-        from reward_server.redis_backend import RedisBackend
+        from reward_server.queue.backend import RedisBackend
 
         backend = RedisBackend(args.redis, rewards, config.queue, config.request_timeout_s)
     app = create_app(config, rewards=rewards, backend=backend, load_models=backend is None)

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from shared.config import StrictModel, config_hash
 from shared.images import ImageLimits
-from shared.queue import QueueSettings
+from shared.queue.messages import QueueSettings
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 

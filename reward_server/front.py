@@ -16,8 +16,8 @@ from fastapi.responses import JSONResponse
 from reward_server.auth import ApiKeys, AuthMiddleware, load_api_keys
 from reward_server.jobs import MemoryJobStore, RedisJobStore, make_jobs_router
 from reward_server.limits import CallerLimiter, LimitedBackend, QueueFull
-from reward_server.queue_metrics import FrontQueueCollector
-from reward_server.redis_backend import RedisBackend
+from reward_server.queue.backend import RedisBackend
+from reward_server.queue.metrics import FrontQueueCollector
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from reward_server.auth import CURRENT_CALLER
 from reward_server.http_io import read_score_request, render
 from reward_server.limits import QueueFull
 from reward_server.service import RewardUnavailable, ScoringService
-from shared import queue as q
 from shared.protocol import InvalidRequest, ScoreRequest, pack, unpack
+from shared.queue import messages as q
 
 
 class JobStore(Protocol):

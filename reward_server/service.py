@@ -8,16 +8,16 @@ batcher per reward) or on queue workers (the Redis backend).
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from reward_server.batching import DynamicBatcher
 from reward_server.registry import load_rewards
-from reward_server.rewards.base import Reward, ScoreResult
+from reward_server.rewards.base import Reward
 from shared.images import ImageLimits
-from shared.protocol import InvalidRequest, Sample, SampleError, ScoreRequest, ScoreResponse, decode_samples
+from shared.protocol import InvalidRequest, Sample, ScoreRequest, ScoreResponse, decode_samples
+from shared.scoring import ScoreResult, assemble_response, check_inputs
 
 
 class RewardUnavailable(RuntimeError):
@@ -76,52 +76,6 @@ class LocalBackend:
         await asyncio.gather(*(b.close() for b in self.batchers.values()))
 
 
-def check_inputs(rewards: Mapping[str, Reward], names: list[str], samples: list[Sample]) -> None:
-    """Refuse (422) a request whose samples lack an input a requested reward needs."""
-    problems = []
-    for name in names:
-        for i, sample in enumerate(samples):
-            why = rewards[name].check_sample(sample)
-            if why:
-                problems.append(f"samples[{i}]: {why}")
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise InvalidRequest("; ".join(problems[:5]) + more)
-
-
-def assemble_response(
-    weights: Mapping[str, float], results: Mapping[str, list[ScoreResult]], versions: Mapping[str, str], n: int
-) -> ScoreResponse:
-    """Per-reward score lists, weighted totals (null if any part failed), errors and details."""
-    scores: dict[str, list[float | None]] = {}
-    details: dict[str, list[dict[str, Any] | None]] = {}
-    errors: list[SampleError] = []
-    for name, per_sample in results.items():
-        column = []
-        for i, result in enumerate(per_sample):
-            value = result.score
-            if value is not None and not math.isfinite(value):
-                result = ScoreResult.failed(f"reward produced a non-finite score ({value})", result.details)
-                value = None
-            if value is None:
-                errors.append(SampleError(sample=i, reward=name, message=result.error or "reward gave no score"))
-            column.append(None if value is None else float(value))
-        scores[name] = column
-        if any(r.details for r in per_sample):
-            details[name] = [r.details for r in per_sample]
-    total: list[float | None] = []
-    for i in range(n):
-        parts = [scores[name][i] for name in weights]
-        value = None if any(p is None for p in parts) else sum(weights[k] * scores[k][i] for k in weights)
-        if value is not None and not math.isfinite(value):  # huge weights overflow; JSON has no inf
-            errors.append(SampleError(sample=i, reward="total", message=f"weighted total is not finite ({value})"))
-            value = None
-        total.append(value)
-    return ScoreResponse(
-        scores=scores, total=total, errors=errors, details=details, versions={k: versions[k] for k in weights}
-    )
-
-
 class ScoringService:
     """Validates and scores requests against a set of configured rewards."""
 
@@ -162,7 +116,7 @@ class ScoringService:
             samples = await asyncio.to_thread(decode_samples, request, self.limits, stop)
         finally:
             stop.set()  # a caller that timed out or left: its thread stops decoding (and allocating)
-        check_inputs(self.rewards, names, samples)
+        check_inputs({name: self.rewards[name].inputs for name in names}, samples)
         results = await self.backend.run(request, samples, names) if samples else {n: [] for n in names}
         versions = {name: reward.version for name, reward in self.rewards.items()}
         return assemble_response(request.rewards, results, versions, len(samples))

@@ -16,7 +16,7 @@ from shared.config import ConfigError
 # Modules that define ``register(subparsers)``. Missing optional packages only hide their commands.
 COMMAND_MODULES = [
     "reward_server.cli",
-    "reward_server.worker_cli",
+    "reward_server.queue.cli",
     "trainer.cli",
     "trainer.evaluation.cli",
 ]

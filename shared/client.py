@@ -207,7 +207,7 @@ QUEUE_SCHEMES = ("redis://", "rediss://", "unix://")
 def make_transport(url: str, api_key: str | None, timeout: float) -> Any:
     """HTTP for ``http(s)://`` URLs; the Redis queue (straight to the workers) for ``redis(s)://``."""
     if url.startswith(QUEUE_SCHEMES):
-        from shared.queue_client import QueueTransport
+        from shared.queue.transport import QueueTransport
 
         return QueueTransport(url, timeout=timeout)
     if not url.startswith(("http://", "https://")):

@@ -23,15 +23,15 @@ import redis
 import yaml
 
 from reward_server.config import ServerConfig
-from reward_server.redis_backend import RedisBackend
+from reward_server.queue.backend import RedisBackend
+from reward_server.queue.worker import Worker, connect_sync
 from reward_server.registry import build_rewards, load_rewards
 from reward_server.service import ScoringService
 from reward_server.serving import free_port
-from reward_server.worker import Worker, connect_sync
-from shared import queue as q
 from shared.config import load_config
 from shared.images import encode_image
 from shared.protocol import ScoreRequest
+from shared.queue import messages as q
 from tests.servers import REPO, require_binary, wait_for
 
 REDIS_BIN = shutil.which("redis-server") or "/usr/bin/redis-server"

@@ -3,50 +3,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from reward_server.config import RewardSpec
 from shared.config import StrictModel
 from shared.protocol import Sample
+from shared.scoring import PROMPT, REFERENCES, SUBJECTS, ScoreResult, missing_input
 
-# Inputs a reward may need besides the image.
-PROMPT = "prompt"
-SUBJECTS = "subjects"  # categories
-REFERENCES = "references"  # a reference image for every subject
-
-
-@dataclass
-class ScoreResult:
-    """The outcome of one reward on one sample: a score, or ``None`` with the reason."""
-
-    score: float | None
-    details: dict[str, Any] | None = None
-    error: str | None = None
-
-    @classmethod
-    def failed(cls, message: str, details: dict[str, Any] | None = None) -> ScoreResult:
-        return cls(score=None, details=details, error=message)
-
-
-def missing_input(name: str, inputs: Collection[str], sample: Sample) -> str | None:
-    """Why ``sample`` lacks one of ``inputs`` that reward ``name`` needs, or ``None`` if it is complete.
-
-    Shared by ``Reward.check_sample`` and the queue client, which knows rewards only by the
-    ``inputs`` their workers publish."""
-    if PROMPT in inputs and not sample.prompt.strip():
-        return f"reward {name!r} needs a prompt"
-    if SUBJECTS in inputs and not sample.subjects:
-        return f"reward {name!r} needs at least one subject"
-    if REFERENCES in inputs:
-        if not sample.subjects:
-            return f"reward {name!r} needs subjects with reference images"
-        missing = [i for i, s in enumerate(sample.subjects) if s.reference is None]
-        if missing:
-            return f"reward {name!r} needs a reference image for subjects {missing}"
-    return None
-
+__all__ = ["PROMPT", "REFERENCES", "SUBJECTS", "NoOptions", "Reward", "ScoreResult", "missing_input"]
 
 class NoOptions(StrictModel):
     """A reward without options."""

@@ -13,8 +13,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import pytest
 
 from reward_server.service import RewardUnavailable
-from shared import queue as q
 from shared.protocol import unpack
+from shared.queue import messages as q
 from tests import queue_helpers
 from tests.queue_helpers import Front, fixed_cost_score, score_request, stored_results, wait_for, write_config
 

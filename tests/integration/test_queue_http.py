@@ -14,12 +14,12 @@ import pytest
 from reward_server.app import create_app
 from reward_server.config import ServerConfig
 from reward_server.front import install_front
-from reward_server.redis_backend import RedisBackend
+from reward_server.queue.backend import RedisBackend
 from reward_server.registry import build_rewards
 from reward_server.serving import BackgroundServer
 from shared.client import RewardClient, RewardServiceError
 from shared.config import load_config
-from shared.queue_client import QueueTransport
+from shared.queue.transport import QueueTransport
 from tests import queue_helpers
 from tests.queue_helpers import ThreadWorker, wait_for, write_config
 

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from shared import queue as q
-from shared.queue_producer import QueueError, QueueProducer, connect
+from shared.queue import messages as q
+from shared.queue.producer import QueueError, QueueProducer, connect
 from tests import queue_helpers
 from tests.queue_helpers import Front, RedisServer, ThreadWorker, score_request, write_config
 from tests.servers import require_binary

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from shared import queue as q
 from shared.images import encode_image
 from shared.protocol import SampleIn, SubjectIn, pack, unpack
+from shared.queue import messages as q
 
 
 def test_every_key_is_under_the_prefix_and_names_its_object():

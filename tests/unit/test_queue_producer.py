@@ -9,8 +9,8 @@ import fakeredis
 import pytest
 from fakeredis import aioredis as fake_aioredis
 
-from shared import queue as q
-from shared.queue_producer import NoLiveWorker, QueueError, QueueProducer, QueueTimeout, connect
+from shared.queue import messages as q
+from shared.queue.producer import NoLiveWorker, QueueError, QueueProducer, QueueTimeout, connect
 
 SETTINGS = q.QueueSettings(visibility_timeout_s=5, heartbeat_interval_s=1, worker_ttl_s=3, outage_grace_s=1)
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from shared.client import RewardClient, RewardServiceError
-from shared.queue_client import QueueTransport
-from shared.queue_producer import RewardState
+from shared.queue.producer import RewardState
+from shared.queue.transport import QueueTransport
 from tests.servers import free_port
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from reward_server.config import RewardSpec
-from reward_server.consumer import Delivery, RewardConsumer
+from reward_server.queue.consumer import Delivery, RewardConsumer
 from reward_server.rewards.synthetic import FixedCostReward
-from shared import queue as q
 from shared.images import encode_image
 from shared.protocol import SampleIn, pack, unpack
+from shared.queue import messages as q
 
 SETTINGS = q.QueueSettings(visibility_timeout_s=5, heartbeat_interval_s=1, worker_ttl_s=3, max_attempts=2)
 

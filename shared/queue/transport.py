@@ -1,11 +1,11 @@
 """Queue transport for ``RewardClient``: talk to the workers through Redis, without an HTTP front.
 
     from shared.client import RewardClient
-    from shared.queue_client import QueueTransport
+    from shared.queue.transport import QueueTransport
     client = RewardClient("redis://host:6379/0")   # picks QueueTransport for redis(s):// URLs
 
 Answers are the same as over HTTP: the same jobs, the same workers, the same assembly of the
-response (``reward_server.service.assemble_response``). The transport learns each reward's
+response (``shared.scoring.assemble_response``). The transport learns each reward's
 batch size and version from what the workers publish. Errors map to the client's exceptions:
 no live worker or Redis down -> ``RetryableError`` (like a 503); a malformed request ->
 ``RewardServiceError`` (like a 422).
@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from shared import queue as q
 from shared.client import RetryableError, RewardServiceError
-from shared.protocol import ScoreRequest
-from shared.queue_producer import NoLiveWorker, QueueError, QueueProducer, QueueTimeout, connect
+from shared.protocol import InvalidRequest, Sample, ScoreRequest, Subject
+from shared.queue import messages as q
+from shared.queue.producer import NoLiveWorker, QueueError, QueueProducer, QueueTimeout, connect
+from shared.scoring import ScoreResult, assemble_response, check_inputs
 
 DEFAULT_CHUNK = 32
 
@@ -51,9 +52,6 @@ class QueueTransport:
         return self._call(self._score(parsed))
 
     async def _score(self, request: ScoreRequest) -> dict[str, Any]:
-        from reward_server.rewards.base import ScoreResult
-        from reward_server.service import assemble_response
-
         names = list(request.rewards)
         down = [n for n in names if not self.producer.alive(n)]
         if down:
@@ -93,28 +91,13 @@ class QueueTransport:
             self._thread.join(5)
 
 
-class _Published:
-    """A reward as its workers describe it: enough for ``check_inputs``."""
-
-    def __init__(self, name: str, inputs: Any):
-        self.name, self.inputs = name, frozenset(inputs)
-
-    def check_sample(self, sample: Any) -> str | None:
-        from reward_server.rewards.base import missing_input
-
-        return missing_input(self.name, self.inputs, sample)
-
-
 def _check_inputs(request: ScoreRequest, inputs: dict[str, Any]) -> None:
     """Refuse (422, as over HTTP) samples lacking an input a reward needs, before anything is queued."""
-    from reward_server.service import check_inputs
-    from shared.protocol import InvalidRequest, Sample, Subject
-
     placeholder = np.empty((0, 0, 3), np.uint8)  # only the presence of images matters here
     samples = [Sample(image=placeholder, prompt=s.prompt, subjects=tuple(
         Subject(c.category, None if c.reference is None else placeholder) for c in s.subjects))
         for s in request.samples]  # fmt: skip
     try:
-        check_inputs({n: _Published(n, i) for n, i in inputs.items()}, list(inputs), samples)
+        check_inputs({n: frozenset(i) for n, i in inputs.items()}, samples)
     except InvalidRequest as exc:
         raise RewardServiceError(f"invalid request: {exc}", 422) from exc

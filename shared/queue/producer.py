@@ -1,7 +1,7 @@
 """Producer side of the Redis queue: store a request once, enqueue jobs, wait for their results.
 
-Used by the front (``reward_server.redis_backend``) and by the client's queue transport
-(``shared.queue_client``), so both give the same answers. One reader task per producer follows
+Used by the front (``reward_server.queue.backend``) and by the client's queue transport
+(``shared.queue.transport``), so both give the same answers. One reader task per producer follows
 its reply stream and resolves waiting futures by job id, which also drops duplicate results of a
 job that two workers finished. A waiter never outlives its deadline: it fails early with a clear
 error when no worker is alive for a reward, when Redis is unreachable for ``outage_grace_s``,
@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from shared import queue as q
+from shared.queue import messages as q
 
 log = logging.getLogger(__name__)
 

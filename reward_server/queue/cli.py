@@ -31,8 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_worker(args: argparse.Namespace) -> int:
     from reward_server.config import ServerConfig
+    from reward_server.queue.worker import Worker, connect_sync
     from reward_server.registry import build_rewards, load_rewards
-    from reward_server.worker import Worker, connect_sync
     from shared.config import ConfigError, load_config
 
     if not args.redis:

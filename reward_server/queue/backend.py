@@ -13,9 +13,9 @@ from collections.abc import Mapping
 
 from reward_server.rewards.base import Reward, ScoreResult
 from reward_server.service import RewardUnavailable
-from shared import queue as q
 from shared.protocol import Sample, ScoreRequest
-from shared.queue_producer import NoLiveWorker, QueueError, QueueProducer, QueueTimeout, Submission, connect
+from shared.queue import messages as q
+from shared.queue.producer import NoLiveWorker, QueueError, QueueProducer, QueueTimeout, Submission, connect
 
 log = logging.getLogger(__name__)
 

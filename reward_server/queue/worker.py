@@ -21,10 +21,10 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from reward_server.consumer import REDIS_ERRORS, Backoff, Delivery, RewardConsumer
+from reward_server.queue.consumer import REDIS_ERRORS, Backoff, Delivery, RewardConsumer
 from reward_server.rewards.base import Reward
-from shared import queue as q
 from shared.images import ImageLimits
+from shared.queue import messages as q
 
 __all__ = ["Delivery", "RewardConsumer", "Worker", "connect_sync", "make_worker_id"]
 

@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass
 import redis
 from pydantic import ValidationError
 
-from reward_server import queue_metrics as m
 from reward_server.batching import score_isolated
+from reward_server.queue import metrics as m
 from reward_server.rewards.base import Reward, ScoreResult
-from shared import queue as q
 from shared.images import ImageLimits
 from shared.protocol import InvalidRequest, Sample, SampleIn, ScoreRequest, decode_samples, pack, unpack
+from shared.queue import messages as q
 
 log = logging.getLogger(__name__)
 
