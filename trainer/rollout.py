@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from PIL import Image
 
 from trainer.config import DataConfig, TrainConfig
+from trainer.dataset import GRPO_RULES, load_dataset, load_image
 from trainer.pipeline import Conditioning, MultiRefGenerator, to_uint8_images
 from trainer.sampling import Trajectory, sample_sde
 
@@ -40,28 +40,18 @@ def _load_reference(spec: str, base: Path) -> np.ndarray:
 
 
 def load_items(data: DataConfig, base_dir: Path = Path(".")) -> list[Item]:
-    """Inline prompt items plus those of a PSRBench-style JSON file (paths relative to the file)."""
+    """Inline prompt items plus those of a dataset file or folder (``trainer.dataset``'s format).
+
+    Relative paths of inline references and of ``data.file`` start at ``base_dir`` (the
+    config's folder); the dataset's own paths start at its folder."""
     items = [
         Item(p.prompt, [_load_reference(r, base_dir) for r in p.references], list(p.categories))
         for p in data.prompts
     ]
     if data.file:
         path = Path(data.file) if Path(data.file).is_absolute() else base_dir / data.file
-        entries = json.loads(path.read_text())
-        if not isinstance(entries, list):
-            raise ValueError(f"{path} must hold a JSON list of items")
-        for i, entry in enumerate(entries):
-            if "instruction" not in entry:
-                raise ValueError(f"{path}[{i}] has no 'instruction'")
-            refs = entry.get("input_path", entry.get("input_paths", []))
-            refs = [refs] if isinstance(refs, str) else refs
-            cats = [entry[f"category{j + 1}"] for j in range(len(refs)) if f"category{j + 1}" in entry]
-            if cats and len(cats) != len(refs):  # half the subjects would be silently unscored
-                raise ValueError(
-                    f"{path}[{i}] has {len(refs)} references but only {len(cats)} of "
-                    f"category1..category{len(refs)}: give one category per reference"
-                )
-            items.append(Item(entry["instruction"], [_load_reference(r, path.parent) for r in refs], cats))
+        root, entries = load_dataset(path, GRPO_RULES)
+        items += [Item(e.instruction, [load_image(root / r) for r in e.input_paths], e.categories) for e in entries]
     if not items:
         raise ValueError("the data section yields no prompt items")
     return items

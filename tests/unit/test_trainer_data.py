@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from trainer.config import DataConfig
+from trainer.dataset import DatasetError
 from trainer.rollout import load_items, pick_items
 
 
@@ -40,7 +41,7 @@ def test_bad_data_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="solid:R,G,B"):
         load_items(DataConfig(prompts=[{"prompt": "x", "references": ["solid:300,0"]}]))
     (tmp_path / "bad.json").write_text(json.dumps([{"input_path": []}]))
-    with pytest.raises(ValueError, match="instruction"):
+    with pytest.raises(DatasetError, match=r"bad\.json: item 0: instruction"):
         load_items(DataConfig(file=str(tmp_path / "bad.json")))
     with pytest.raises(ValueError, match="no training prompts"):
         DataConfig()
@@ -59,7 +60,7 @@ def test_psrbench_file_categories_must_cover_every_reference(tmp_path):
         Image.fromarray(np.full((8, 8, 3), 5, np.uint8)).save(tmp_path / name)
     entries = [{"instruction": "a dog and a cup", "input_paths": ["a.png", "b.png"], "category1": "dog"}]
     (tmp_path / "train.json").write_text(json.dumps(entries))
-    with pytest.raises(ValueError, match=r"train\.json\[0\] has 2 references but only 1 of category1\.\.category2"):
+    with pytest.raises(DatasetError, match=r"train\.json: item 0: category1\.\.category2: one per reference"):
         load_items(DataConfig(file=str(tmp_path / "train.json")))
     entries[0]["category2"] = "cup"  # input_paths (PSRBench's other spelling) is read too
     (tmp_path / "train.json").write_text(json.dumps(entries))

@@ -1,49 +1,40 @@
-"""The PSRBench layout: a root folder with one JSON list per subset plus the reference images.
+"""PSRBench: a root folder with one JSON list per subset (``Attribute.json`` ... ``Four.json``).
 
-Each item has ``instruction``, ``input_path`` (reference paths relative to the root; ``input_paths``
-is accepted too), ``category1`` .. ``categoryN`` (one per reference) and, once generated,
-``result_path``. Loading validates everything and reports every problem with its file, item and
-field; nothing is skipped silently.
+Items follow the project's one dataset format (``trainer.dataset``): ``instruction``,
+``input_path`` (reference paths relative to the root), ``category1`` .. ``categoryN`` and, once
+generated, ``result_path``. A dataset folder written by ``psr datagen`` (``dataset.json`` whose
+items carry a ``task``) is read too: its items are grouped into subsets by task. Loading
+validates everything and reports every problem with its file, item and field.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from shared.config import ConfigError
+from trainer.dataset import (
+    DATASET_FILE,
+    TASKS,
+    DataItem,
+    DatasetError,
+    load_image,
+    parse_item,
+    read_json,
+)
 
-SUBSETS = ("Attribute", "Action", "Background", "Position", "Complex", "Three", "Four")
-MAX_REFERENCES = 4
-_CATEGORY = re.compile(r"^category(\d+)$")
+SUBSETS = tuple(task.title() for task in TASKS)  # Attribute, Action, ... Four
 
-
-class DatasetError(ConfigError):
-    """The benchmark (or a results file) cannot be used; ``problems`` lists every reason."""
-
-    def __init__(self, problems: Sequence[str], what: str = "PSRBench data"):
-        self.problems = list(problems)
-        shown = "\n".join(f"  - {p}" for p in self.problems[:50])
-        more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
-        super().__init__(f"{what} has {len(self.problems)} problem(s):\n{shown}{more}")
+__all__ = ["SUBSETS", "BenchItem", "DatasetError", "item_key", "load_bench", "load_image", "references"]
 
 
 @dataclass
-class BenchItem:
-    """One benchmark prompt: the instruction, its subjects (category + reference file)."""
+class BenchItem(DataItem):
+    """A benchmark item: a dataset item and the subset it belongs to."""
 
-    subset: str
-    index: int
-    instruction: str
-    input_paths: list[str]
-    categories: list[str]
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    subset: str = ""
 
     @property
     def key(self) -> str:
@@ -55,57 +46,8 @@ def item_key(subset: str, index: int) -> str:
     return f"{subset}/{index:04d}"
 
 
-def read_json(path: Path, problems: list[str]) -> Any:
-    """Parse a JSON file, recording (not raising) why it cannot be read."""
-    if not path.is_file():
-        problems.append(f"{path}: file is missing")
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        problems.append(f"{path}: not valid JSON ({exc})")
-        return None
-
-
-def parse_item(raw: Any, subset: str, index: int, where: str, problems: list[str],
-               root: Path | None = None) -> BenchItem | None:
-    """Validate one item; every problem is appended as ``FILE: item I: FIELD: reason``."""
-    at = f"{where}: item {index}"
-    if not isinstance(raw, dict):
-        problems.append(f"{at}: expected an object, got {type(raw).__name__}")
-        return None
-    before = len(problems)
-    instruction = raw.get("instruction")
-    if not isinstance(instruction, str) or not instruction.strip():
-        problems.append(f"{at}: instruction: missing or not a non-empty string")
-    if "input_path" in raw and "input_paths" in raw:
-        problems.append(f"{at}: input_path: give either input_path or input_paths, not both")
-    paths = raw.get("input_path", raw.get("input_paths"))
-    if paths is None:
-        problems.append(f"{at}: input_path: missing")
-        paths = []
-    elif not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
-        problems.append(f"{at}: input_path: must be a list of non-empty path strings, got {paths!r}")
-        paths = []
-    elif not 1 <= len(paths) <= MAX_REFERENCES:
-        problems.append(f"{at}: input_path: needs 1 to {MAX_REFERENCES} references, got {len(paths)}")
-    elif root is not None:
-        for j, p in enumerate(paths):
-            if not (root / p).is_file():
-                problems.append(f"{at}: input_path[{j}]: reference image {root / p} does not exist")
-    numbers = sorted(int(m.group(1)) for k in raw if (m := _CATEGORY.match(k)))
-    categories = []
-    if paths and numbers != list(range(1, len(paths) + 1)):
-        names = ", ".join(f"category{n}" for n in numbers) or "none"
-        problems.append(f"{at}: category1..category{len(paths)}: one per reference is required, found {names}")
-    for n in numbers:
-        value = raw[f"category{n}"]
-        if not isinstance(value, str) or not value.strip():
-            problems.append(f"{at}: category{n}: must be a non-empty string, got {value!r}")
-        categories.append(value)
-    if len(problems) > before:
-        return None
-    return BenchItem(subset, index, instruction, list(paths), categories, dict(raw))
+def _bench_item(item: DataItem, subset: str, index: int) -> BenchItem:
+    return BenchItem(**{**vars(item), "index": index}, subset=subset)
 
 
 def load_subset(root: Path, subset: str, problems: list[str]) -> list[BenchItem]:
@@ -117,10 +59,31 @@ def load_subset(root: Path, subset: str, problems: list[str]) -> list[BenchItem]
     if not isinstance(data, list):
         problems.append(f"{path}: expected a JSON list of items, got {type(data).__name__}")
         return []
-    items = [parse_item(raw, subset, i, str(path), problems, root) for i, raw in enumerate(data)]
+    items = [parse_item(raw, i, str(path), problems, root) for i, raw in enumerate(data)]
     if not data:
         problems.append(f"{path}: the subset has no items")
-    return [it for it in items if it is not None]
+    return [_bench_item(it, subset, it.index) for it in items if it is not None]
+
+
+def load_by_task(root: Path, names: list[str], problems: list[str]) -> list[BenchItem]:
+    """Items of a dataset folder (``dataset.json``), grouped into subsets by their ``task``."""
+    path = root / DATASET_FILE
+    data = read_json(path, problems)
+    if not isinstance(data, list):
+        if data is not None:
+            problems.append(f"{path}: expected a JSON list of items, got {type(data).__name__}")
+        return []
+    by_subset: dict[str, list[BenchItem]] = {s: [] for s in names}
+    for i, raw in enumerate(data):
+        item = parse_item(raw, i, str(path), problems, root)
+        if item is None:
+            continue
+        if item.task is None:
+            problems.append(f"{path}: item {i}: task: missing (PSRBench groups items by task: {', '.join(TASKS)})")
+        elif item.task.title() in by_subset:
+            group = by_subset[item.task.title()]
+            group.append(_bench_item(item, item.task.title(), len(group)))
+    return [it for s in names for it in by_subset[s]]
 
 
 def load_bench(root: str | Path, subsets: Iterable[str] | None = None) -> list[BenchItem]:
@@ -133,23 +96,18 @@ def load_bench(root: str | Path, subsets: Iterable[str] | None = None) -> list[B
         raise DatasetError([f"unknown subset(s) {unknown}; valid: {', '.join(SUBSETS)}"])
     if not root.is_dir():
         raise DatasetError([f"{root}: the benchmark folder does not exist"])
-    items = [it for subset in names for it in load_subset(root, subset, problems)]
+    has_subset_files = any((root / f"{s}.json").is_file() for s in SUBSETS)
+    if not has_subset_files and (root / DATASET_FILE).is_file():
+        items = load_by_task(root, names, problems)
+        if not items and not problems:
+            problems.append(f"{root / DATASET_FILE}: no item has a task among {names}")
+    else:
+        items = [it for subset in names for it in load_subset(root, subset, problems)]
     if problems:
         raise DatasetError(problems, f"PSRBench data in {root}")
     return items
 
 
-def load_image(path: Path) -> np.ndarray:
-    """An image file as (H, W, 3) uint8; raises ``OSError`` with the path when unreadable."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (OSError, ValueError) as exc:
-        raise OSError(f"cannot read image {path}: {exc}") from exc
-
-
-def references(root: Path, item: BenchItem) -> list[np.ndarray]:
+def references(root: Path, item: DataItem) -> list[np.ndarray]:
     """The item's reference images, in category order."""
     return [load_image(root / p) for p in item.input_paths]

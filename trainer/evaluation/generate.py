@@ -19,8 +19,9 @@ from PIL import Image
 
 from shared.config import ConfigError
 from shared.images import to_uint8_array
+from trainer.dataset import write_json_atomic
 from trainer.evaluation.dataset import SUBSETS, BenchItem, references
-from trainer.evaluation.results import read_existing, results_document, write_json_atomic
+from trainer.evaluation.results import read_existing, results_document
 
 GenerateFn = Callable[[Sequence[str], Sequence[Sequence[np.ndarray]], Sequence[int]], Sequence[Any]]
 RESULTS_NAME = "results.json"

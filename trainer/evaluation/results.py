@@ -10,20 +10,13 @@ without subset files but with a ``results.json`` (a ``generate`` output folder) 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from trainer.evaluation.dataset import SUBSETS, BenchItem, DatasetError, read_json
+from trainer.dataset import DatasetError, read_json
+from trainer.evaluation.dataset import SUBSETS, BenchItem
 
 RESULTS_FORMAT = "psrbench-results/1"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def results_document(items: list[BenchItem], result_paths: dict[str, str], meta: dict[str, Any]) -> dict:

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from trainer.dataset import write_json_atomic
 from trainer.evaluation.dataset import SUBSETS
-from trainer.evaluation.results import results_document, write_json_atomic
+from trainer.evaluation.results import results_document
 
 # category -> RGB colour of its shape
 CATEGORIES = {"dog": (150, 90, 40), "cup": (40, 80, 200), "hat": (210, 30, 30), "cat": (120, 120, 120),
