@@ -43,7 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     demo = subparsers.add_parser("demo", help="the main job on tiny models: no GPU, no Redis, no downloads")
     demo.add_argument("--workdir", default="psr-demo", help="where models, logs and images go")
-    demo.add_argument("--steps", type=int, default=None, help="RL steps (default: the tiny config's)")
+    demo.add_argument("--steps", type=int, default=None, help="RL steps (default: the tiny config's; recipe: 3)")
+    demo.add_argument("--recipe", action="store_true",
+                      help="the whole recipe instead: data -> SFT -> GRPO from the SFT LoRA -> export -> PSRBench")
+    demo.add_argument("--sft-steps", type=int, default=20, help="SFT steps of --recipe (default: %(default)s)")
+    demo.add_argument("--items", type=int, default=2,
+                      help="--recipe: synthetic items per task type, 7 task types (default: %(default)s)")
     demo.set_defaults(func=cmd_demo)
 
 
@@ -149,6 +154,10 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.recipe:
+        from trainer.recipe import run_recipe
+
+        return run_recipe(Path(args.workdir), args.sft_steps, args.steps or 3, args.items)
     from trainer.demo import run_demo
 
     return run_demo(Path(args.workdir), steps=args.steps)
