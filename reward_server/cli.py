@@ -154,10 +154,14 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    if args.recipe:
-        from trainer.recipe import run_recipe
-
-        return run_recipe(Path(args.workdir), args.sft_steps, args.steps or 3, args.items)
     from trainer.demo import run_demo
+    from trainer.recipe import run_recipe
+    from trainer.run import TrainingInterrupted
 
-    return run_demo(Path(args.workdir), steps=args.steps)
+    try:
+        if args.recipe:
+            return run_recipe(Path(args.workdir), args.sft_steps, args.steps or 3, args.items)
+        return run_demo(Path(args.workdir), steps=args.steps)
+    except TrainingInterrupted as exc:
+        print(f"psr demo: {exc}", file=sys.stderr)
+        return 130

@@ -45,6 +45,17 @@ class Policy:
         finally:
             self.transformer.enable_adapters()
 
+    def optimizer_step(self, max_grad_norm: float) -> float:
+        """Clip gradients, step the optimizer and LR schedule, clear gradients, update the EMA; returns the
+        gradient norm before clipping."""
+        grad_norm = float(self.accelerator.clip_grad_norm_(self.params, max_grad_norm))
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
+        return grad_norm
+
     def evaluation_weights(self):
         """Where evaluation happens: with the EMA weights in place when EMA is on (as flow_grpo evaluates)."""
         return self.ema.applied() if self.ema is not None else nullcontext()

@@ -65,12 +65,7 @@ class SFTTrainer(Trainer):
                 acc.backward(loss.mean() / o.gradient_accumulation_steps)
             losses.append(loss.detach().float().cpu())
             sigmas.append(s)
-        grad_norm = float(acc.clip_grad_norm_(p.params, o.max_grad_norm))
-        p.optimizer.step()
-        p.lr_scheduler.step()
-        p.optimizer.zero_grad(set_to_none=True)
-        if p.ema is not None:
-            p.ema.update()
+        grad_norm = p.optimizer_step(o.max_grad_norm)
         p.model.eval()
         metrics = self.loss_metrics(self.gather(torch.cat(losses).numpy()), self.gather(torch.cat(sigmas).numpy()))
         metrics.update({"train/grad_norm": grad_norm, "train/lr": p.lr_scheduler.get_last_lr()[0]})
