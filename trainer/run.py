@@ -147,13 +147,14 @@ class Trainer:
                 self.history.append({**metrics, "step": step})
                 self.monitor.scalars(metrics, step)
                 bar.set_postfix(**self.postfix(metrics))
-                saved = None
-                if step % self.cfg.run.save_every == 0 or step == total:
-                    saved = self.save(step)
+                scheduled = step % self.cfg.run.save_every == 0 or step == total
+                if scheduled:
+                    self.save(step)
                 if self._stop_requested(signals):
-                    saved = saved or self.save(step)
+                    if not scheduled:  # every process calls save (it waits for all); rank 0 writes
+                        self.save(step)
                     self.monitor.close()
-                    raise TrainingInterrupted(signals.received or "signal", step, total, saved)
+                    raise TrainingInterrupted(signals.received or "signal", step, total, find_latest(self.out))
         self.monitor.close()
         return self.summary()
 
