@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
         help="write a training checkpoint as a merged diffusers pipeline folder or a PEFT LoRA folder",
-        description=__doc__,
+        description=(__doc__ or "").replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="a psr train checkpoint folder (checkpoints/step-N)")

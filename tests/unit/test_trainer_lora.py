@@ -157,3 +157,15 @@ def test_diffusers_loads_both_exports(runs):
     assert ours.state_dict().keys() == theirs.keys()
     for name, a in ours.state_dict().items():
         torch.testing.assert_close(a, theirs[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_bad_lora_paths_are_one_line_errors(runs, tmp_path, capsys):
+    from shared.cli import main as psr
+
+    assert psr(["export", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("psr export: ") and "neither a PEFT adapter folder" in err and "Traceback" not in err
+    cfg = load_config(TrainConfig, CONFIGS / "tiny_cpu.yaml", [f"model.path={runs['generator']}",
+                                                               f"model.init_lora={tmp_path / 'gone'}"])
+    with pytest.raises(FileNotFoundError, match=r"model\.init_lora .*gone does not exist"):
+        FlowGRPOTrainer(cfg, InProcessRewardClient({"brightness": {"type": "brightness"}}))
