@@ -25,10 +25,12 @@ RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 @dataclass
 class ChatAnswer:
-    """The answer text, or ``None`` with why there is none."""
+    """The answer text, or ``None`` with why there is none (``unavailable``: the endpoint could not be
+    reached or kept failing with 408/429/5xx, i.e. not this query's fault)."""
 
     text: str | None
     error: str | None = None
+    unavailable: bool = False
 
 
 def _data_url(image: Any, fmt: str) -> str:
@@ -125,7 +127,7 @@ class ChatEndpoint:
             if response.status_code != 200:
                 return ChatAnswer(None, f"endpoint answered HTTP {response.status_code}: {response.text[:200]}")
             return self._read(response)
-        return ChatAnswer(None, f"{last} (after {self.max_retries + 1} attempts)")
+        return ChatAnswer(None, f"{last} (after {self.max_retries + 1} attempts)", unavailable=True)
 
     @staticmethod
     def _read(response: httpx.Response) -> ChatAnswer:
