@@ -70,7 +70,19 @@ def load_config(
         return model.model_validate(data)
     except ValidationError as exc:
         where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid configuration{where}:\n{exc}") from exc
+        raise ConfigError(f"invalid configuration{where}: {describe_errors(exc)}") from exc
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """Pydantic's errors on one line: ``key.sub: what is wrong; other.key: ...``."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"{msg}: an unknown key (check its spelling against the documented keys)"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
 
 
 def config_hash(obj: Any) -> str:

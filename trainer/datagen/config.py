@@ -265,6 +265,9 @@ class DatagenConfig(StrictModel):
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     contact_sheet: ContactSheetConfig = Field(default_factory=ContactSheetConfig)
+    cpu_threads: int | None = Field(
+        default=None, ge=1, description="torch threads while models run on the CPU (1 is fastest for tiny models)"
+    )
 
     @field_validator("categories")
     @classmethod

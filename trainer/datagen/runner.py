@@ -97,9 +97,10 @@ class DatagenRun:
 
     def execute(self) -> dict[str, Any]:
         """Run the selected stages; returns the summary (also written to ``summary.json``)."""
+        from reward_server.models.device import torch_threads
         from trainer.datagen.report import summarise, write_outputs
 
-        with self.run.locked():
+        with self.run.locked(), torch_threads(self.raw.cpu_threads):
             self._open_run()
             self.run.remove_partial_files()
             problems = check_model_paths(self.cfg, self.opts.stages)
@@ -111,7 +112,8 @@ class DatagenRun:
                     if cls.name in self.opts.stages:
                         self._run_stage(cls(ctx))
             finally:
-                ctx.close()
+                ctx.close()  # the reward versions it used join self.doc["models"]
+                self.run.write_run(self.doc)
             self._read_all()
             if "write" in self.opts.stages:
                 write_outputs(self)
@@ -139,7 +141,8 @@ class DatagenRun:
             self._check_settings(stage)
         self.doc["run_hash"] = self.hashes[ITEM_STAGES[-1]]
         self.doc["config"] = self.raw.model_dump(mode="json")
-        self.doc["models"] = model_versions(self.cfg)
+        earlier = {k: v for k, v in self.doc.get("models", {}).items() if k.startswith("reward:")}
+        self.doc["models"] = {**model_versions(self.cfg), **earlier}
         self.run.write_run(self.doc)
 
     def _discard(self, stages: list[str]) -> None:

@@ -36,7 +36,9 @@ class StageContext:
         return self._filters
 
     def close(self) -> None:
+        """Close the reward client; the versions of the rewards it used join ``versions``."""
         if self._filters is not None:
+            self.versions.update({f"reward:{k}": v for k, v in self._filters.versions.items()})
             self._filters.close()
             self._filters = None
 

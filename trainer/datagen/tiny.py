@@ -6,7 +6,8 @@ byte-level tokenizer and chat template (``DIR/lm``), a tiny text-to-image ``Flux
 Grounding DINO, Qwen2.5-VL) and the ``aesthetic`` / ``dino_i`` rewards of ``DIR/rewards.yaml``.
 
 Random models write garbage and find random boxes, so the tiny config makes kept items with
-``writer.kind: template`` and ``caption.kind: none`` (deterministic text, no language model),
+``writer.kind: template`` and ``caption.kind: none`` (deterministic text, no language model), samples every task equally
+(a few items show them all), draws 32 px images,
 keeps the detector's best box per category (``max_per_category: 1``) and sets the filter
 thresholds where random scores pass. ``--set writer.kind=transformers`` (or
 ``caption.kind=transformers``) runs the tiny LM / VLM instead: their answers are recorded as
@@ -48,19 +49,21 @@ def tiny_config(server: str = "http://127.0.0.1:8000") -> dict:
         "seed": 0,
         "items": 8,
         "categories": "objects365",
+        "tasks": {task: 1.0 for task in ("attribute", "action", "background", "position", "complex", "three", "four")},
         "writer": {"kind": "template", "model": LM_DIR, "device": "cpu", "max_new_tokens": 24, "temperature": 0.0},
-        "t2i": {"model": T2I_DIR, "steps": 4, "size": 64, "guidance_scale": 3.5, "batch_size": 4, "device": "cpu",
+        "t2i": {"model": T2I_DIR, "steps": 4, "size": 32, "guidance_scale": 3.5, "batch_size": 4, "device": "cpu",
                 "call_kwargs": {"max_sequence_length": 32}},
         "detect": {"detector": {"kind": "grounding_dino", "model": "grounding-dino", "max_per_category": 1},
                    "min_box_area": 0.0, "crop_margin": 0.5, "device": "cpu"},
         "references": {"model": "generator", "steps": 4, "size": 32, "guidance_scale": 1.0, "batch_size": 8,
                        "device": "cpu"},
-        "edit": {"model": "generator", "steps": 4, "size": 64, "reference_size": 32, "guidance_scale": 1.0,
+        "edit": {"model": "generator", "steps": 4, "size": 32, "guidance_scale": 1.0,
                  "batch_size": 4, "device": "cpu"},
         "caption": {"kind": "none", "model": "qwen2_5_vl", "device": "cpu", "max_new_tokens": 24},
         "filters": {"server": server, "aesthetic_reward": "aesthetic", "aesthetic_floor": -1000.0,
                     "identity_reward": "dino_i", "identity_floor": -1.0, "copy_paste_ceiling": 0.9999},
         "contact_sheet": {"items": 8, "thumb": 96},
+        "cpu_threads": 1,  # tiny models: thread sync costs more than it saves
     }
 
 
