@@ -62,7 +62,7 @@ def test_plan_depends_only_on_seed_and_index():
 
 def test_shards_partition_the_items():
     parts = [shard_indices(23, (i, 4)) for i in range(4)]
-    assert sorted(sum(parts, [])) == list(range(23))
+    assert sorted(k for part in parts for k in part) == list(range(23))
     assert all(k % 4 == i for i, part in enumerate(parts) for k in part)
     assert parse_shard("3/8") == (3, 8)
     for bad in ("8/8", "x", "1/0", "-1/2"):
@@ -225,3 +225,44 @@ def test_config_errors_name_the_key(tmp_path, override, message):
     path.write_text(json.dumps({"filters": {"server": "http://127.0.0.1:1"}}))
     with pytest.raises(ConfigError, match=message):
         load_config(DatagenConfig, path, override)
+
+
+def test_defaults_are_the_documented_ones():
+    """README "Data": the paper-scale defaults, checked against numbers written out here."""
+    from trainer.datagen.config import subjects_for
+    from trainer.datagen.text import MAX_ANSWER_CHARS
+
+    cfg = _cfg()
+    weights = cfg.tasks
+    total = sum(weights.values())
+    by_count = {n: sum(w for t, w in weights.items() if subjects_for(t) == n) / total for n in (2, 3, 4)}
+    assert by_count == pytest.approx({2: 0.9, 3: 0.05, 4: 0.05})
+    assert cfg.seed == 0 and cfg.items == 1000 and cfg.categories == "objects365"
+    assert (cfg.writer.kind, cfg.writer.model, cfg.writer.temperature) == ("transformers", "Qwen/Qwen2.5-7B-Instruct", 0.7)
+    assert (cfg.t2i.model, cfg.t2i.steps, cfg.t2i.guidance_scale, cfg.t2i.size) == ("black-forest-labs/FLUX.1-dev", 28, 3.5, 512)
+    assert (cfg.detect.detector.kind, cfg.detect.detector.threshold(), cfg.detect.detector.text_threshold) == \
+        ("grounding_dino", 0.35, 0.25)
+    assert (cfg.detect.min_box_area, cfg.detect.crop_margin) == (0.01, 0.05)
+    for section in (cfg.references, cfg.edit):
+        assert (section.model, section.steps, section.size, section.guidance_scale) == \
+            ("black-forest-labs/FLUX.1-Kontext-dev", 28, 512, 2.5)
+    assert cfg.references.prompt == "a photo of the {category} {place}, seen from another angle"
+    assert cfg.edit.check_subjects and (cfg.caption.kind, cfg.caption.model) == ("transformers", "Qwen/Qwen2.5-VL-7B-Instruct")
+    f = cfg.filters
+    assert (f.aesthetic_reward, f.aesthetic_floor, f.identity_reward, f.identity_floor, f.copy_paste_ceiling) == \
+        ("aesthetic", 5.0, "dino_i", 0.5, 0.9)
+    assert (cfg.contact_sheet.items, cfg.contact_sheet.thumb, MAX_ANSWER_CHARS) == (16, 160, 600)
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    from trainer.datagen.models import check_model_paths
+    from trainer.datagen.tiny import tiny_config
+
+    repo = Path(__file__).resolve().parents[2]
+    flux = load_config(DatagenConfig, repo / "configs" / "datagen_flux.yaml")
+    assert flux.writer.kind == "openai" and flux.caption.kind == "openai" and flux.filters.server
+    assert check_model_paths(flux, STAGES) == []  # hub ids
+    tiny = DatagenConfig.model_validate(tiny_config())
+    assert tiny.writer.kind == "template" and tiny.caption.kind == "none" and tiny.cpu_threads == 1

@@ -108,6 +108,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [table, f"{summary['items']} items: {summary['kept']} kept, {dropped} dropped, {summary['pending']} pending"]
     if summary.get("dataset"):
         lines.append(f"dataset: {summary['dataset']}")
+        sheet = Path(summary["dataset"]).parent / CONTACT_SHEET
+        if sheet.is_file():
+            lines.append(f"contact sheet: {sheet}")
     return "\n".join(lines)
 
 

@@ -216,6 +216,7 @@ class DatagenRun:
         info = self.doc["stages"][stage.name]
         bar = tqdm(total=len(ids), initial=len(ids) - len(pending), desc=f"{stage.name:<10}", unit="item",
                    disable=not self.opts.progress, file=sys.stderr, dynamic_ncols=True)
+        dropped = sum(r["status"] != KEPT for r in done.values())
         try:
             if pending:
                 start = time.perf_counter()
@@ -226,6 +227,8 @@ class DatagenRun:
                 start = time.perf_counter()
                 records = stage.run_batch([self.state(i, stage.name) for i in batch])
                 manifest.append(records)
+                dropped += sum(r["status"] != KEPT for r in records)
+                bar.set_postfix(dropped=dropped, refresh=False)
                 info["seconds"] += time.perf_counter() - start
                 info["processed"] += len(batch)
                 bar.update(len(batch))
