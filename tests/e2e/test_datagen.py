@@ -126,7 +126,8 @@ def test_a_run_killed_mid_stage_resumes_to_the_same_data(reference, tiny, server
     )
     targets = out / "manifests" / "targets.jsonl"
     try:
-        wait_for(lambda: targets.is_file() and len(targets.read_text().splitlines()) >= 2, 120, "targets", proc)
+        wait_for(lambda: targets.is_file() and len(targets.read_text().splitlines()) >= 2, 120, "targets", proc,
+                 every=0.005)
         os.kill(proc.pid, signal.SIGKILL)  # no chance to clean up: as if the machine died
     finally:
         proc.kill()
@@ -242,7 +243,10 @@ def test_bad_input_is_one_clear_line(tiny, server, tmp_path, capsys):
     assert "category list is empty" in fails("--set", "categories=[]")
     assert "writer.endpoint" in fails("--set", "writer.kind=openai", "--set", "writer.model=m",
                                       "--set", f"writer.endpoint={closed}/v1", out="ep")
-    line = fails("--set", f"filters.server={closed}", out="rewards")
+    assert main(["datagen", "--config", str(tiny / "datagen.yaml"), "--out", str(tmp_path / "rewards"), "--limit", "2",
+                 "--no-progress", "--stages", "prompts", "--set", f"filters.server={closed}"]) == 0
+    capsys.readouterr()
+    line = fails("--resume", "--set", f"filters.server={closed}", out="rewards")  # checked before any work
     assert "filters.server" in line and "unreachable" in line
     assert len(manifest_ids(tmp_path / "rewards", "prompts")) == 2  # the finished stage stays recorded
     assert "already holds a run" in fails(out="rewards")

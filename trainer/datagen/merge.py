@@ -38,9 +38,10 @@ def _check_same_run(folders: list[Path]) -> list[dict[str, Any]]:
         docs.append(doc)
     first = docs[0]
     for folder, doc in zip(folders, docs, strict=True):
-        for key in ("seed", "categories", "run_hash"):
+        for key in ("seed", "categories", "run_hash", "total_items"):
             if doc.get(key) != first.get(key):
-                raise ConfigError(f"{folder} is from another run than {folders[0]} ({key} differs): merge shards of one run")
+                raise ConfigError(f"{folder} is from another run than {folders[0]} ({key}: {doc.get(key)!r} != "
+                                  f"{first.get(key)!r}): merge shards of one run, made with the same --limit")
     counts = {doc["shard"][1] for doc in docs}
     if len(counts) != 1:
         raise ConfigError(f"the shards were made with different shard counts {sorted(counts)}")

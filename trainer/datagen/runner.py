@@ -89,8 +89,8 @@ class DatagenRun:
         check_enough(self.categories, raw.tasks)
         self.run = RunFolder(shard_folder(opts.out, opts.shard))
         self.hashes = stage_hashes(raw, self.categories, ITEM_STAGES)
-        total = min(raw.items, opts.limit) if opts.limit is not None else raw.items
-        plans = [plan_item(raw.seed, i, self.categories, raw.tasks) for i in shard_indices(total, opts.shard)]
+        self.total = min(raw.items, opts.limit) if opts.limit is not None else raw.items
+        plans = [plan_item(raw.seed, i, self.categories, raw.tasks) for i in shard_indices(self.total, opts.shard)]
         self.planned: dict[str, Item] = {p.id: p.record() for p in plans}
         self.records: dict[str, dict[str, Item]] = {}
         self.doc: dict[str, Any] = {}
@@ -108,6 +108,7 @@ class DatagenRun:
                 raise ConfigError("; ".join(problems))
             ctx = StageContext(self.cfg, self.run, self.doc["models"])
             try:
+                self._preflight(ctx)
                 for cls in STAGE_CLASSES:
                     if cls.name in self.opts.stages:
                         self._run_stage(cls(ctx))
@@ -118,6 +119,20 @@ class DatagenRun:
             if "write" in self.opts.stages:
                 write_outputs(self)
             return summarise(self)
+
+    def _preflight(self, ctx: StageContext) -> None:
+        """Reach every endpoint and the reward service the selected stages use: fail in seconds, not hours."""
+        from reward_server.models.chat_endpoint import ChatEndpoint
+        from trainer.datagen.text import EndpointUnavailable
+
+        stages = self.opts.stages
+        for key, section, stage in (("writer", self.cfg.writer, "prompts"), ("caption", self.cfg.caption, "caption")):
+            if stage in stages and section.kind == "openai":
+                problem = ChatEndpoint(section.endpoint, section.model, timeout_s=section.timeout_s).check_reachable()
+                if problem:
+                    raise EndpointUnavailable(f"{key}.endpoint: {problem}")
+        if {"targets", "references", "edit"} & set(stages):
+            ctx.filters()  # checks that the service answers and hosts the configured rewards
 
     # -- run.json -------------------------------------------------------------------------------
     def _open_run(self) -> None:
@@ -140,6 +155,7 @@ class DatagenRun:
         for stage in ITEM_STAGES:
             self._check_settings(stage)
         self.doc["run_hash"] = self.hashes[ITEM_STAGES[-1]]
+        self.doc["total_items"] = self.total
         self.doc["config"] = self.raw.model_dump(mode="json")
         earlier = {k: v for k, v in self.doc.get("models", {}).items() if k.startswith("reward:")}
         self.doc["models"] = {**model_versions(self.cfg), **earlier}
