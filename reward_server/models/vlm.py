@@ -34,13 +34,15 @@ class VisionLanguageModel:
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         batch_size: int = 8,
+        revision: str | None = None,
     ):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         pixels = {k: v for k, v in {"min_pixels": min_pixels, "max_pixels": max_pixels}.items() if v is not None}
-        self.processor = AutoProcessor.from_pretrained(model_path, **pixels)
+        self.processor = AutoProcessor.from_pretrained(model_path, revision=revision, **pixels)
         self.processor.tokenizer.padding_side = "left"  # the last position is every prompt's next token
-        self.model = AutoModelForImageTextToText.from_pretrained(model_path, torch_dtype=dtype).to(device).eval()
+        self.model = AutoModelForImageTextToText.from_pretrained(model_path, revision=revision, torch_dtype=dtype)
+        self.model.to(device).eval()
         self.device = device
         self.batch_size = batch_size
 

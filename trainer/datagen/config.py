@@ -47,7 +47,28 @@ def _check_format(template: str, where: str, **values: str) -> None:
         raise ValueError(f"{where}: bad placeholder {exc} in {template!r}; available: {names}") from exc
 
 
-class WriterConfig(Placement):
+class LanguageModelConfig(Placement):
+    """A language model run in process (``transformers``) or behind an OpenAI-compatible endpoint (``openai``)."""
+
+    kind: str
+    model: str | None = Field(default=None, description="checkpoint (transformers), or the served model name (openai)")
+    revision: str | None = Field(default=None, description="hub revision of the checkpoint")
+    endpoint: str | None = Field(default=None, description="openai: base URL, e.g. http://host:8000/v1")
+    api_key_env: str | None = Field(default=None, description="openai: environment variable holding the API key")
+    max_new_tokens: int = Field(default=96, ge=8, le=1024)
+    concurrency: int = Field(default=16, ge=1, description="openai: requests in flight")
+    timeout_s: float = Field(default=120.0, gt=0, description="openai: per request")
+    max_retries: int = Field(default=2, ge=0, description="openai: retries on 408/429/5xx/connection errors")
+
+    def check_backend(self, section: str) -> None:
+        """A model for a model kind; an endpoint for ``openai``."""
+        if self.kind in ("transformers", "openai") and not self.model:
+            raise ValueError(f"{section}.kind {self.kind!r} needs {section}.model")
+        if self.kind == "openai" and not self.endpoint:
+            raise ValueError(f"{section}.kind 'openai' needs {section}.endpoint, e.g. http://localhost:8000/v1")
+
+
+class WriterConfig(LanguageModelConfig):
     """The language model that writes scene prompts and edit instructions."""
 
     kind: Literal["template", "transformers", "openai"] = Field(
@@ -56,15 +77,8 @@ class WriterConfig(Placement):
         "or template (deterministic fill-ins from scene_templates / edit_templates: offline tests, no LM)",
     )
     model: str | None = Field(default="Qwen/Qwen2.5-7B-Instruct", description="checkpoint, or the served model name")
-    revision: str | None = Field(default=None, description="hub revision of the checkpoint")
-    endpoint: str | None = Field(default=None, description="openai: base URL, e.g. http://host:8000/v1")
-    api_key_env: str | None = Field(default=None, description="openai: environment variable holding the API key")
     temperature: float = Field(default=0.7, ge=0, le=2, description="sampling temperature (0: greedy)")
     top_p: float = Field(default=0.95, gt=0, le=1)
-    max_new_tokens: int = Field(default=96, ge=8, le=1024)
-    concurrency: int = Field(default=16, ge=1, description="openai: requests in flight")
-    timeout_s: float = Field(default=120.0, gt=0, description="openai: per request")
-    max_retries: int = Field(default=2, ge=0, description="openai: retries on 408/429/5xx/connection errors")
     batch_size: int = Field(default=32, ge=1, description="items per stage batch")
     scene_instruction: str = Field(default=instructions.SCENE, description="asks for 'Prompt: ...' ({subjects})")
     edit_instructions: dict[str, str] = Field(
@@ -83,10 +97,7 @@ class WriterConfig(Placement):
 
     @model_validator(mode="after")
     def _consistent(self) -> WriterConfig:
-        if self.kind != "template" and not self.model:
-            raise ValueError(f"writer.kind {self.kind!r} needs writer.model")
-        if self.kind == "openai" and not self.endpoint:
-            raise ValueError("writer.kind 'openai' needs writer.endpoint, e.g. http://localhost:8000/v1")
+        self.check_backend("writer")
         _check_format(self.scene_instruction, "writer.scene_instruction", subjects="x")
         if set(self.edit_instructions) != set(EDIT_TASKS) or set(self.edit_templates) != set(EDIT_TASKS):
             raise ValueError(f"writer.edit_instructions and writer.edit_templates need exactly the tasks {EDIT_TASKS}")
@@ -174,7 +185,7 @@ class EditConfig(GeneratorConfig):
     )
 
 
-class CaptionConfig(Placement):
+class CaptionConfig(LanguageModelConfig):
     """The re-captioner: a vision-language model describing the target without the subjects' appearance."""
 
     kind: Literal["none", "transformers", "openai"] = Field(
@@ -183,24 +194,15 @@ class CaptionConfig(Placement):
         "(keep the writer's prompt, plus the edit: offline tests)",
     )
     model: str | None = Field(default="Qwen/Qwen2.5-VL-7B-Instruct", description="checkpoint or served model name")
-    endpoint: str | None = None
-    api_key_env: str | None = None
-    max_new_tokens: int = Field(default=96, ge=8, le=1024)
     min_pixels: int | None = Field(default=None, description="Qwen-VL processor bounds on image size")
     max_pixels: int | None = None
-    concurrency: int = Field(default=16, ge=1)
-    timeout_s: float = Field(default=120.0, gt=0)
-    max_retries: int = Field(default=2, ge=0)
     batch_size: int = Field(default=8, ge=1)
     instruction: str = Field(default=instructions.CAPTION, description="asks for 'Caption: ...' ({subjects}, {edit})")
     edit_context: str = Field(default=instructions.CAPTION_EDIT_CONTEXT, description="fills {edit} when edited")
 
     @model_validator(mode="after")
     def _consistent(self) -> CaptionConfig:
-        if self.kind != "none" and not self.model:
-            raise ValueError(f"caption.kind {self.kind!r} needs caption.model")
-        if self.kind == "openai" and not self.endpoint:
-            raise ValueError("caption.kind 'openai' needs caption.endpoint, e.g. http://localhost:8000/v1")
+        self.check_backend("caption")
         _check_format(self.instruction, "caption.instruction", subjects="x", edit="x")
         _check_format(self.edit_context, "caption.edit_context", edit="x")
         return self

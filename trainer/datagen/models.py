@@ -150,5 +150,6 @@ def model_versions(cfg: DatagenConfig) -> dict[str, str]:
         "references": model_version(cfg.references.model) + (f"+lora:{model_version(cfg.references.lora)}"
                                                               if cfg.references.lora else ""),
         "edit": model_version(cfg.edit.model) + (f"+lora:{model_version(cfg.edit.lora)}" if cfg.edit.lora else ""),
-        "caption": "none" if cfg.caption.kind == "none" else f"{cfg.caption.kind}:{model_version(cfg.caption.model)}",
+        "caption": "none" if cfg.caption.kind == "none"
+        else f"{cfg.caption.kind}:{model_version(cfg.caption.model, cfg.caption.revision)}",
     }

@@ -190,7 +190,8 @@ class Captioner:
         if cfg.kind == "transformers":
             from reward_server.models.vlm import VisionLanguageModel
 
-            self.vlm = VisionLanguageModel(cfg.model, device, dtype, cfg.min_pixels, cfg.max_pixels, cfg.batch_size)
+            self.vlm = VisionLanguageModel(cfg.model, device, dtype, cfg.min_pixels, cfg.max_pixels, cfg.batch_size,
+                                           cfg.revision)
         elif cfg.kind == "openai":
             self.endpoint = ChatEndpoint(cfg.endpoint, cfg.model, cfg.api_key_env, cfg.concurrency, cfg.timeout_s,
                                          cfg.max_retries, cfg.max_new_tokens)
