@@ -266,3 +266,27 @@ def test_shipped_configs_load():
     assert check_model_paths(flux, STAGES) == []  # hub ids
     tiny = DatagenConfig.model_validate(tiny_config())
     assert tiny.writer.kind == "template" and tiny.caption.kind == "none" and tiny.cpu_threads == 1
+
+
+def test_edit_stage_drops_an_edit_that_lost_a_subject_and_describes_positions(tmp_path):
+    from reward_server.models.detectors import DetectorOptions, FixedDetector
+    from trainer.datagen.filters import RewardFilters
+    from trainer.datagen.stage2 import EditStage
+    from trainer.datagen.stages import StageContext
+
+    cfg = DatagenConfig.model_validate({"filters": {"aesthetic_reward": None, "identity_reward": None}})
+    run = RunFolder(tmp_path)
+    target = run.save_image("images/targets/t.png", np.zeros((32, 32, 3), np.uint8))
+    stage = EditStage(StageContext(cfg, run))
+    stage.filters = RewardFilters(cfg.filters)  # no service: both filters off
+    stage.generate = lambda prompts, refs, seeds: [np.full((32, 32, 3), 200, np.uint8) for _ in prompts]
+    stage.detector = FixedDetector(DetectorOptions(kind="fixed"))  # finds nothing: the edit lost its subjects
+    base = {"seed": 1, "categories": ["dog", "cup"], "target": target, "boxes": [[0, 0, 8, 8], [20, 0, 28, 8]]}
+    items = [{**base, "id": "a", "index": 0, "task": "attribute", "edit": "make the dog red"},
+             {**base, "id": "b", "index": 1, "task": "position", "edit": None},
+             {**base, "id": "c", "index": 2, "task": "four", "edit": None}]
+    edited, position, unchanged = stage.process(items)
+    assert edited["status"] == "dropped" and edited["reason"] == "not_detected"
+    assert edited["message"].startswith("after the edit") and run.load_image(edited["final_target"]).mean() == 200
+    assert position["status"] == "kept" and position["relation"] == {"subject": "dog", "relation": "left", "object": "cup"}
+    assert unchanged["status"] == "kept" and unchanged["final_target"] == target and not unchanged["edited"]
