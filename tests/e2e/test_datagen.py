@@ -243,6 +243,7 @@ def test_bad_input_is_one_clear_line(tiny, server, tmp_path, capsys):
     assert "category list is empty" in fails("--set", "categories=[]")
     assert "writer.endpoint" in fails("--set", "writer.kind=openai", "--set", "writer.model=m",
                                       "--set", f"writer.endpoint={closed}/v1", out="ep")
+    assert not (tmp_path / "ep" / "run.json").exists()  # checked before anything was written: rerun as is
     assert main(["datagen", "--config", str(tiny / "datagen.yaml"), "--out", str(tmp_path / "rewards"), "--limit", "2",
                  "--no-progress", "--stages", "prompts", "--set", f"filters.server={closed}"]) == 0
     capsys.readouterr()

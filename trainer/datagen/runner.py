@@ -94,6 +94,7 @@ class DatagenRun:
         self.planned: dict[str, Item] = {p.id: p.record() for p in plans}
         self.records: dict[str, dict[str, Item]] = {}
         self.doc: dict[str, Any] = {}
+        self.discarding: list[str] = []
 
     def execute(self) -> dict[str, Any]:
         """Run the selected stages; returns the summary (also written to ``summary.json``)."""
@@ -101,20 +102,25 @@ class DatagenRun:
         from trainer.datagen.report import summarise, write_outputs
 
         with self.run.locked(), torch_threads(self.raw.cpu_threads):
-            self._open_run()
-            self.run.remove_partial_files()
+            self._open_run()  # checks only: nothing is written before every check passed
             problems = check_model_paths(self.cfg, self.opts.stages)
             if problems:
                 raise ConfigError("; ".join(problems))
             ctx = StageContext(self.cfg, self.run, self.doc["models"])
+            started = False
             try:
                 self._preflight(ctx)
+                self._discard()
+                self.run.remove_partial_files()
+                self.run.write_run(self.doc)
+                started = True
                 for cls in STAGE_CLASSES:
                     if cls.name in self.opts.stages:
                         self._run_stage(cls(ctx))
             finally:
                 ctx.close()  # the reward versions it used join self.doc["models"]
-                self.run.write_run(self.doc)
+                if started:
+                    self.run.write_run(self.doc)
             self._read_all()
             if "write" in self.opts.stages:
                 write_outputs(self)
@@ -150,8 +156,9 @@ class DatagenRun:
                 raise ConfigError(f"{self.run.root} holds a run with other {', '.join(changed)} "
                                   f"({', '.join(f'{k}={doc.get(k)!r}' for k in changed)}); use another --out")
             self.doc = doc
-        if self.opts.rerun:
-            self._discard(self.opts.stages)
+        selected = [s for s in ITEM_STAGES if s in self.opts.stages]
+        # --rerun: the first selected stage and every later one are made again
+        self.discarding = ITEM_STAGES[ITEM_STAGES.index(selected[0]):] if self.opts.rerun and selected else []
         for stage in ITEM_STAGES:
             self._check_settings(stage)
         self.doc["run_hash"] = self.hashes[ITEM_STAGES[-1]]
@@ -159,23 +166,18 @@ class DatagenRun:
         self.doc["config"] = self.raw.model_dump(mode="json")
         earlier = {k: v for k, v in self.doc.get("models", {}).items() if k.startswith("reward:")}
         self.doc["models"] = {**model_versions(self.cfg), **earlier}
-        self.run.write_run(self.doc)
 
-    def _discard(self, stages: list[str]) -> None:
-        """``--rerun``: forget the first selected stage and every stage after it (records and images)."""
-        selected = [s for s in ITEM_STAGES if s in stages]
-        if not selected:
-            return
-        for stage in ITEM_STAGES[ITEM_STAGES.index(selected[0]):]:
+    def _discard(self) -> None:
+        """``--rerun``: delete the records and images of the stages being made again."""
+        for stage in self.discarding:
             self.run.manifest(stage).path.unlink(missing_ok=True)
-            self.doc["stages"].pop(stage, None)
             if stage in STAGE_IMAGES:
                 shutil.rmtree(self.run.root / IMAGES / STAGE_IMAGES[stage], ignore_errors=True)
             log.info("--rerun: discarded the records of stage %s", stage)
 
     def _check_settings(self, stage: str) -> None:
         info = self.doc["stages"].get(stage)
-        if info is None or not self.run.manifest(stage).exists():
+        if info is None or stage in self.discarding or not self.run.manifest(stage).exists():
             self.doc["stages"][stage] = {"hash": self.hashes[stage], "settings": stage_settings(self.raw, stage),
                                          "seconds": 0.0, "load_seconds": 0.0, "processed": 0}
             return
