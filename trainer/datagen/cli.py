@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="datagen_command", metavar="merge")
     merge = sub.add_parser("merge", help="join the shards of one run into one dataset folder")
     merge.add_argument("shards", nargs="+", help="shard folders, or a folder holding shard-* subfolders")
-    merge.add_argument("--out", dest="merge_out", default=None,
+    merge.add_argument("--out", dest="merge_out", default=None, metavar="DIR",
                        help="merged dataset folder (default: the single folder given)")
     merge.add_argument("--json", dest="merge_json", action="store_true", help="print the summary as JSON")
     merge.set_defaults(func=cmd_merge)
