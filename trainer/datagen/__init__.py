@@ -13,9 +13,11 @@ Stages, each with a per-item JSONL manifest in ``OUT/manifests/`` (``stages.STAG
     caption     a vision-language model re-captions the target without describing appearance
     write       ``OUT/dataset.json`` (``trainer.dataset``'s format), summary, contact sheet
 
-Modules: ``config`` (the YAML), ``categories`` (Objects365 list, per-item sampling),
-``manifest`` (run folder, JSONL records, atomic images, lock), ``text`` (language-model writers
-and answer parsing), ``models`` (loading every model), ``filters`` (boxes and reward-service
-filters), ``stages`` and ``edit_stages`` (what each stage does), ``runner`` (ordering, resume,
-shards, progress), ``report`` (summary and contact sheet), ``merge`` (shards), ``cli``.
+Modules: ``config`` (the YAML), ``instructions`` (default instructions and templates),
+``categories`` (Objects365 list, per-item plan, shards), ``manifest`` (run folder, JSONL records,
+atomic images, lock), ``records`` (kept/dropped records, drop reasons), ``text`` (writers,
+re-captioner, answer parsing), ``models`` (loading every model), ``filters`` (box rules and
+reward-service filters), ``stages`` (what a stage is), ``stage1`` / ``stage2`` (the paper's two
+stages), ``runner`` (ordering, resume, shards, progress), ``report`` (dataset, summary, contact
+sheet), ``merge`` (shards), ``tiny`` (tiny models and config for ``psr make-tiny``), ``cli``.
 """
