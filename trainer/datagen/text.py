@@ -129,6 +129,8 @@ class CausalLMWriter:
         self.cfg, self.device = cfg, device
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model, revision=cfg.revision)
         self.model = AutoModelForCausalLM.from_pretrained(cfg.model, revision=cfg.revision, dtype=dtype).to(device).eval()
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
 
     def _prompt(self, text: str) -> str:
         if self.tokenizer.chat_template:
@@ -148,7 +150,7 @@ class CausalLMWriter:
                 generated = self.model.generate(
                     **ids, max_new_tokens=self.cfg.max_new_tokens, do_sample=sample,
                     temperature=self.cfg.temperature if sample else None, top_p=self.cfg.top_p if sample else None,
-                    pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                    pad_token_id=self.pad_id,
                 )
             new = generated[0, ids["input_ids"].shape[1]:]
             out.append(ChatAnswer(self.tokenizer.decode(new, skip_special_tokens=True)))
