@@ -96,10 +96,10 @@ def run(args: argparse.Namespace) -> None:
     inferencer = HPSv3RewardInferencer(str(config_path), str(tiny / "HPSv3.safetensors"), device="cpu")
     with torch.no_grad():
         batched = inferencer.reward(images, list(PROMPTS)).float().tolist()
-        alone = [inferencer.reward([image], [prompt]).float()[0].tolist() for image, prompt in zip(images, PROMPTS)]
+        alone = [inferencer.reward([image], [prompt]).float()[0].tolist() for image, prompt in zip(images, PROMPTS, strict=False)]
         batch = inferencer.prepare_batch(images, list(PROMPTS))
     pad = inferencer.processor.tokenizer.pad_token_id
-    token_ids = [[int(t) for t, m in zip(row, mask) if m] for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    token_ids = [[int(t) for t, m in zip(row, mask, strict=False) if m] for row, mask in zip(batch["input_ids"], batch["attention_mask"], strict=False)]
     record = {
         "source": "hpsv3==1.0.0 HPSv3RewardInferencer.reward (scripts/hpsv3_reference.py)",
         "versions": {name: md.version(name) for name in ("hpsv3", "transformers", "torch", "qwen-vl-utils")},

@@ -19,14 +19,17 @@ from pydantic import Field
 from reward_server.models.hpsv3 import DEFAULT_BASE, DEFAULT_CHECKPOINT_FILE, PIXELS
 from reward_server.rewards import register
 from reward_server.rewards.base import PROMPT, Reward, ScoreResult
-from shared.config import StrictModel
+from shared.config import MODEL_REF, StrictModel
 from shared.protocol import Sample
 
 DEFAULT_MODEL = "MizzenAI/HPSv3"
 
 
 class HpsV3Options(StrictModel):
-    base_model: str = Field(default=DEFAULT_BASE, description="the Qwen2-VL checkpoint HPSv3 was trained from (config, processor)")
+    base_model: str = Field(
+        default=DEFAULT_BASE, description="the Qwen2-VL checkpoint HPSv3 was trained from (config, processor)",
+        json_schema_extra=MODEL_REF,
+    )
     checkpoint_file: str = Field(default=DEFAULT_CHECKPOINT_FILE, description="file name inside a folder or hub repo")
     pixels: int = Field(default=PIXELS, ge=28 * 28, description="image area after resizing (HPSv3: 256*28*28)")
     batch_size: int = Field(default=8, ge=1, description="images per forward pass")

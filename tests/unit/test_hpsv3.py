@@ -74,8 +74,8 @@ def test_tokens_and_image_grid_equal_the_authors(hpsv3):
 
 
 def test_template_is_the_authors_verbatim():
-    assert INSTRUCTION == REFERENCE["template"]["instruction"]
-    assert REWARD_SUFFIX == REFERENCE["template"]["suffix"]
+    assert REFERENCE["template"]["instruction"] == INSTRUCTION
+    assert REFERENCE["template"]["suffix"] == REWARD_SUFFIX
 
 
 @pytest.mark.parametrize(("size", "expected"), [((64, 64), (448, 448)), ((48, 96), (336, 644)), ((1000, 4), None)])
