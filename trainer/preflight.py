@@ -65,7 +65,7 @@ def check_hosted_rewards(client: Any, cfg: TrainConfig) -> None:
     that cannot list their rewards, e.g. in-process ones)."""
     from trainer.scoring import RewardRequestRefused
 
-    if not hasattr(client, "rewards"):
+    if not callable(getattr(client, "rewards", None)):
         return
     try:
         hosted = {r["name"] for r in client.rewards()}

@@ -174,3 +174,11 @@ def test_trainer_checks_the_server_before_loading_the_generator(monkeypatch):
     cfg = load_config(TrainConfig, TINY_CPU, ["model.path=x", "rewards.url=http://h:1"])
     with pytest.raises(RewardRequestRefused, match="brightness"):
         train.FlowGRPOTrainer(cfg, _Lister(["judge"]))
+
+
+def test_missing_generator_folder_is_reported_as_missing():
+    """psr bench generate / psr train: a missing local generator is not retried as a hub id."""
+    from trainer.pipeline import MultiRefGenerator
+
+    with pytest.raises(MissingPathError, match=r"generator: local path \./no/generator does not exist"):
+        MultiRefGenerator.from_pretrained("./no/generator")
