@@ -134,8 +134,7 @@ class HPSv3Model:
 
     def __init__(self, checkpoint: str | Path, base_model: str, device: torch.device, dtype: torch.dtype,
                  pixels: int = PIXELS):
-        from safetensors.torch import load_file
-        from transformers import AutoConfig, AutoProcessor, Qwen2VLModel
+        from transformers import AutoProcessor, Qwen2VLModel
 
         self.device, self.dtype, self.pixels = device, dtype, pixels
         self.processor = AutoProcessor.from_pretrained(base_model)
@@ -145,14 +144,14 @@ class HPSv3Model:
         self.reward_id = tokenizer.convert_tokens_to_ids(REWARD_TOKEN)
         self.pad_id = tokenizer.pad_token_id
 
-        state = load_file(str(checkpoint))
+        state = self.read_state(checkpoint)
         embed = state.get("model.embed_tokens.weight")
         if embed is None:
             raise ValueError(f"{checkpoint} is not an HPSv3 checkpoint: it has no model.embed_tokens.weight")
         if self.reward_id >= embed.shape[0]:
             raise ValueError(f"{checkpoint} has {embed.shape[0]} embeddings, too few for the {REWARD_TOKEN} "
                              f"token (id {self.reward_id}) of {base_model}'s tokenizer: checkpoint and base do not match")
-        config = AutoConfig.from_pretrained(base_model)
+        config = self.model_config(base_model)
         config.text_config.vocab_size = embed.shape[0]
         backbone = {}
         for key, tensor in state.items():
@@ -170,6 +169,18 @@ class HPSv3Model:
         self.head = build_head(config.text_config.hidden_size)
         self.head.load_state_dict(head_state, strict=True)
         self.head.to(device, torch.float32).eval()
+
+    def read_state(self, checkpoint: str | Path) -> dict[str, torch.Tensor]:
+        """The checkpoint's tensors (``bench/gpu_suite.py`` makes random ones of the real size instead)."""
+        from safetensors.torch import load_file
+
+        return load_file(str(checkpoint))
+
+    def model_config(self, base_model: str):
+        """The backbone's config, from the base model (``from_pretrained``)."""
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(base_model)
 
     def prompt_texts(self, prompts: Sequence[str]) -> list[str]:
         """The chat-rendered prompt of each sample (image placeholder, instruction, reward token)."""
