@@ -39,6 +39,13 @@ def check_train_config(cfg: TrainConfig, rewards_config: str | Path | None = Non
         if value and value.startswith(PLACEHOLDER):
             raise ConfigError(f"{where(src, key)}: still the placeholder {value}; {_FIXES[key]}")
     check_model_ref(cfg.model.path, "model.path", src)
+    if cfg.model.device.startswith("cuda"):
+        from reward_server.models.device import resolve_device
+
+        try:
+            resolve_device(cfg.model.device)
+        except (RuntimeError, ValueError) as exc:
+            raise ConfigError(f"{where(src, 'model.device')}: {exc}; set it to auto or cpu") from None
     if cfg.data.file and not Path(cfg.data.file).exists():
         raise MissingPathError(f"{where(src, 'data.file')}: {cfg.data.file} does not exist; {_FIXES['data.file']}")
     if not cfg.rewards.url:

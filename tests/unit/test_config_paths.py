@@ -182,3 +182,11 @@ def test_missing_generator_folder_is_reported_as_missing():
 
     with pytest.raises(MissingPathError, match=r"generator: local path \./no/generator does not exist"):
         MultiRefGenerator.from_pretrained("./no/generator")
+
+
+@no_gpu
+def test_train_on_a_missing_gpu_is_one_line(capsys, tiny_config):
+    code, out = run_cli(capsys, "train", "--check", "--config", str(TINY_CPU), "--set", "model.device=cuda",
+                        "--set", f"model.path={tiny_config.parent / 'generator'}", "--set", "rewards.url=http://h:1")
+    line = one_line_error(out)
+    assert code == 2 and "model.device" in line and "CUDA is not available" in line
