@@ -26,11 +26,11 @@ from pathlib import Path
 # (height, width) of the fixed images: square, wide, tall, small, and a thin strip.
 IMAGE_SIZES = ((64, 64), (48, 96), (120, 70), (20, 28), (30, 150))
 PROMPTS = (
-    "a dog wearing a red hat on a sofa",
-    "a cup next to a cat",
-    "a blue backpack on a beach at sunset",
-    "two dogs and a toy in a garden",
-    "a robot holding a teddy bear",
+    "cute chibi anime cartoon fox, smiling wagging tail with a small cartoon heart above sticker",
+    "a photo of a red teapot and a green cup on a wooden table",
+    "an oil painting of two cats sleeping under a window, warm light",
+    "a corgi wearing sunglasses",
+    "a futuristic city at night, neon signs reflected in puddles, wide angle",
 )
 
 
