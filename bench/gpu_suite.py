@@ -354,7 +354,11 @@ def overlap(ctx: dict) -> dict:
                 f"run.save_every={ctx['steps'] + 1}", "run.image_every=1000", *small]))
             for mode in ("blocking", "overlapped")
         }
-        totals = interleaved(trainers, ctx["steps"])
+        if ctx["real"]:
+            totals = interleaved(trainers, ctx["steps"])  # step 0 is warm-up
+        else:  # the dry run proves the code path: one step per mode, no warm-up
+            totals = {mode: {k: t.train_step(0).get(f"time/{k}", 0.0) for k in ("reward_wait_s", "step_s")}
+                      for mode, t in trainers.items()}
     finally:
         server.stop()
     return {mode: {"reward_wait_fraction": round(t["reward_wait_s"] / t["step_s"], 3) if t["step_s"] else None,
