@@ -136,6 +136,11 @@ def find_latest(output_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def checkpoint_step(path: Path) -> int:
+    """The number of steps a checkpoint was saved after (read without loading any tensor)."""
+    return int(json.loads((Path(path) / "trainer_state.json").read_text())["step"])
+
+
 def load_checkpoint(
     path: Path, transformer: torch.nn.Module, optimizer: Any, lr_scheduler: Any, ema: EMA | None
 ) -> tuple[int, str]:

@@ -77,8 +77,8 @@ class DataConfig(StrictModel):
     prompts: list[PromptItem] = Field(default_factory=list, description="inline prompt items (GRPO only)")
     file: str | None = Field(
         default=None,
-        description="dataset file or folder (dataset.json): [{instruction, input_path: [...], category1..N, "
-        "target_path}] (target_path is needed by SFT)",
+        description="a dataset (README 'Data': the dataset format): its dataset.json or its folder, e.g. psr "
+        "datagen's OUT; SFT needs target_path in every item",
     )
     reference_mix: dict[int, float] | None = Field(
         default=None,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from shared.images import to_uint8_array
+from shared.paths import check_model_ref
 
 log = logging.getLogger(__name__)
 MAX_REFERENCES = 4
@@ -145,6 +146,7 @@ class MultiRefGenerator:
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
         path = str(path)
+        check_model_ref(path, "generator")  # a missing local folder is not retried as a hub id
         if Path(path).exists() and not (Path(path) / "model_index.json").is_file():
             raise FileNotFoundError(f"{path} is not a pipeline folder: model_index.json is missing")
         kw = {"torch_dtype": dtype}
@@ -323,14 +325,14 @@ class MultiRefGenerator:
         return ((images.float() + 1) / 2).clamp(0, 1)
 
 
-def save_pipeline(parts: dict[str, Any], out_dir: str | Path) -> Path:
-    """A FLUX.1 Kontext pipeline folder: each part saved in its subfolder, ``model_index.json`` naming them,
-    so ``from_pretrained`` here and ``diffusers.FluxKontextPipeline.from_pretrained`` both load it."""
+def save_pipeline(parts: dict[str, Any], out_dir: str | Path, class_name: str = "FluxKontextPipeline") -> Path:
+    """A FLUX pipeline folder: each part saved in its subfolder, ``model_index.json`` naming them, so
+    ``from_pretrained`` here and diffusers' ``<class_name>.from_pretrained`` both load it."""
     import diffusers
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    index: dict[str, Any] = {"_class_name": "FluxKontextPipeline", "_diffusers_version": diffusers.__version__}
+    index: dict[str, Any] = {"_class_name": class_name, "_diffusers_version": diffusers.__version__}
     for name, part in parts.items():
         part.save_pretrained(out_dir / name)
         library = "diffusers" if type(part).__module__.startswith("diffusers") else "transformers"

@@ -17,8 +17,8 @@ from shared.config import load_config
 ROOT = Path(__file__).resolve().parents[1]
 SFT_CONFIG = ROOT / "configs" / "tiny_sft_cpu.yaml"
 SIZE = 32  # the tiny configs' resolution
-# The paper's total (0.4 subject consistency + 0.4 VLM judge + 0.2 HPSv3), with the tiny HPSv2 for HPSv3.
-RECIPE_REWARDS = {"subject": 0.4, "judge": 0.4, "hpsv2": 0.2}
+# The paper's total: 0.4 subject consistency + 0.4 VLM judge + 0.2 HPSv3 (psr make-tiny's reward names).
+RECIPE_REWARDS = {"subject": 0.4, "judge": 0.4, "hpsv3": 0.2}
 
 
 def make_data(workdir: Path, items_per_task: int) -> Path:

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,21 +175,12 @@ class Trainer:
         every = self.cfg.run.image_every
         return self.acc.is_main_process and (step % every == 0 or step in (1, self.cfg.run.steps))
 
-    @contextlib.contextmanager
-    def _cpu_threads(self) -> Iterator[None]:
+    def _cpu_threads(self) -> contextlib.AbstractContextManager:
         """Use ``model.cpu_threads`` torch threads during training on the CPU, then restore."""
-        import torch
+        from reward_server.models.device import torch_threads
 
-        wanted = self.cfg.model.cpu_threads
-        if not wanted or self.acc.device.type != "cpu":
-            yield
-            return
-        before = torch.get_num_threads()
-        torch.set_num_threads(wanted)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
+        on_cpu = self.acc.device.type == "cpu"
+        return torch_threads(self.cfg.model.cpu_threads if on_cpu else None)
 
     def gather(self, values: np.ndarray) -> np.ndarray:
         """Every process's values (all processes pass the same count)."""

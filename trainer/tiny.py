@@ -50,8 +50,11 @@ def _t5_tokenizer():
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=T5_MAX_LENGTH)
 
 
-def make_tiny_generator(out_dir: Path, seed: int = 0) -> Path:
-    """Write a tiny random multi-reference generator to ``out_dir`` and return the path."""
+def make_tiny_generator(out_dir: Path, seed: int = 0, pipeline_class: str = "FluxKontextPipeline") -> Path:
+    """Write a tiny random multi-reference generator to ``out_dir`` and return the path.
+
+    ``pipeline_class`` names the diffusers pipeline of ``model_index.json``: ``FluxPipeline`` makes
+    the same components a tiny text-to-image pipeline (``psr datagen``'s ``t2i``)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
@@ -117,7 +120,7 @@ def make_tiny_generator(out_dir: Path, seed: int = 0) -> Path:
         "tokenizer_2": t5_tok,
         "scheduler": scheduler,
     }
-    return save_pipeline(parts, out_dir)
+    return save_pipeline(parts, out_dir, pipeline_class)
 
 
 def near_identity_vae():

@@ -9,11 +9,13 @@ from typing import Any
 
 import numpy as np
 
+from trainer.checkpoint import checkpoint_step, find_latest
 from trainer.config import TrainConfig
 from trainer.mixing import ReferenceMix
 from trainer.monitor import StepTimer, score_grid
+from trainer.preflight import check_hosted_rewards
 from trainer.rollout import load_items, sample_group_batch, submit_scores
-from trainer.run import Trainer
+from trainer.run import RunFinished, Trainer
 from trainer.scoring import StepScores
 from trainer.update import optimise, optimizer_steps_per_epoch
 
@@ -40,6 +42,7 @@ class FlowGRPOTrainer(Trainer):
 
     def __init__(self, cfg: TrainConfig, reward_client: Any = None, base_dir: Path = Path(".")):
         self.client = reward_client if reward_client is not None else make_reward_client(cfg)
+        check_hosted_rewards(self.client, cfg)  # before the generator loads (minutes for a real one)
         self.items = load_items(cfg.data, base_dir)
         self.mix = ReferenceMix([len(it.references) for it in self.items], cfg.data.reference_mix)
         super().__init__(cfg, base_dir)
@@ -121,6 +124,10 @@ def run_training(
     """Train as configured (``algorithm``: grpo or sft); returns the summary (metric per step, TensorBoard
     dir, sample grid PNG, checkpoint). Raises ``RunFinished`` when resuming a finished run and
     ``TrainingInterrupted`` after saving on SIGINT/SIGTERM."""
+    if resume:  # a finished run says so before any model loads or the server is asked
+        path = find_latest(Path(config.run.output_dir)) if str(resume) == "latest" else Path(resume)
+        if path is not None and (path / "trainer_state.json").is_file() and checkpoint_step(path) >= config.run.steps:
+            raise RunFinished(checkpoint_step(path), config.run.steps, path)
     if config.algorithm == "sft":
         from trainer.sft import SFTTrainer
 

@@ -165,6 +165,10 @@ def test_bad_lora_paths_are_one_line_errors(runs, tmp_path, capsys):
     assert psr(["export", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("psr export: ") and "neither a PEFT adapter folder" in err and "Traceback" not in err
+    args = ["train", "--check", "--config", str(CONFIGS / "tiny_cpu.yaml"), "--set", f"model.path={runs['generator']}",
+            "--set", "rewards.url=http://127.0.0.1:9", "--set", "model.init_lora=gone"]
+    assert psr(args) == 2  # --set paths start at the current folder, checked before anything loads
+    assert f"model.init_lora: {Path.cwd() / 'gone'} does not exist" in capsys.readouterr().err
     cfg = load_config(TrainConfig, CONFIGS / "tiny_cpu.yaml", [f"model.path={runs['generator']}",
                                                                f"model.init_lora={tmp_path / 'gone'}"])
     with pytest.raises(FileNotFoundError, match=r"model\.init_lora .*gone does not exist"):
