@@ -45,6 +45,7 @@ def run_recipe(workdir: Path, sft_steps: int = 20, grpo_steps: int = 3, items_pe
     from shared.cli import main as psr
     from shared.client import RewardClient
     from trainer.config import TrainConfig, tiny_run_config
+    from trainer.evaluation.scoring import BenchConfig
     from trainer.export import export_checkpoint
     from trainer.train import run_training
 
@@ -65,6 +66,8 @@ def run_recipe(workdir: Path, sft_steps: int = 20, grpo_steps: int = 3, items_pe
     print(f"      loss {sft['loss'][0]:.4f} -> {sft['loss'][-1]:.4f}; validation grid {sft['sample_grid']}")
 
     server = load_config(ServerConfig, config_path)
+    needed = set(RECIPE_REWARDS) | {name for name in BenchConfig().rewards.model_dump().values() if name}
+    server.rewards = {name: spec for name, spec in server.rewards.items() if name in needed}  # load only these
     with BackgroundServer(create_app(server)) as url, RewardClient(url) as client:
         client.wait_until_ready()
         weights = ", ".join(f"{w} {k}" for k, w in RECIPE_REWARDS.items())
