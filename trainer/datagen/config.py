@@ -302,6 +302,15 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The reward filters each stage applies (``filters`` keys): their served versions are part of what
+# a stage made, so a run resumes only against a service hosting the same versions.
+STAGE_REWARDS: dict[str, tuple[str, ...]] = {
+    "targets": ("aesthetic_reward",),
+    "references": ("identity_reward",),
+    "edit": ("aesthetic_reward",),
+}
+
+
 def _strip_exec(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _strip_exec(v) for k, v in value.items() if k not in EXEC_FIELDS}
