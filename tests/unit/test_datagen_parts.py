@@ -90,7 +90,7 @@ def test_labelled_answers_are_read(text, expected):
 
 
 @pytest.mark.parametrize("text", ["", "a dog on a sofa", "Prompt:", "Prompt: 42", "Caption: a dog", "Prompt: " + "a" * 700,
-                                  "\n\n\n\n"])
+                                  "\n\n\n\n", "Prompt: a dog\x07 on a sofa"])
 def test_unlabelled_or_broken_answers_are_rejected(text):
     value, problem = parse_labelled(text, "Prompt")
     assert value is None and problem
@@ -336,3 +336,19 @@ def test_the_caption_of_an_edit_states_what_the_edit_changed():
     assert rule < exception and '"make the dog red"' in text  # the exception comes after the rule it overrides
     plain = captioner.query(CaptionJob(job.image, job.subjects, job.prompt, None, 1)).content[1]["text"]
     assert "edit" not in plain and plain.endswith('starts with "Caption:".')
+
+
+def test_every_config_key_has_a_description():
+    """README "Data": every key has a type, a default and a description in trainer/datagen/config.py."""
+    from pydantic import BaseModel
+
+    def undocumented(model: type[BaseModel], prefix: str = "") -> list[str]:
+        out = []
+        for name, info in model.model_fields.items():
+            if not (info.description or "").strip():
+                out.append(prefix + name)
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                out += undocumented(info.annotation, f"{prefix}{name}.")
+        return out
+
+    assert undocumented(DatagenConfig) == []
