@@ -40,7 +40,7 @@ def datagen(tiny: Path, server: str, out: Path, *overrides: str, **options) -> d
     config = tiny / "datagen.yaml"
     cfg = load_config(DatagenConfig, config, [f"filters.server={server}", *overrides])
     options.setdefault("limit", ITEMS)
-    return run_datagen(cfg, RunOptions(out=out, progress=False, base_dir=tiny, **options))
+    return run_datagen(cfg, RunOptions(out=out, progress=False, **options))
 
 
 @pytest.fixture(scope="module")
@@ -289,7 +289,7 @@ def test_bad_input_is_one_clear_line(tiny, server, tmp_path, capsys):
         assert code == 2 and "Traceback" not in err, err
         return err.splitlines()[-1]
 
-    assert "t2i.model: /no/such/t2i does not exist" in fails("--set", "t2i.model=/no/such/t2i")
+    assert "t2i.model: local path /no/such/t2i does not exist" in fails("--set", "t2i.model=/no/such/t2i")
     (tmp_path / "a-file").write_text("")
     assert fails(out="a-file").startswith(f"psr datagen: --out {tmp_path / 'a-file'}: cannot create the run folder")
     from huggingface_hub import constants

@@ -352,3 +352,21 @@ def test_every_config_key_has_a_description():
         return out
 
     assert undocumented(DatagenConfig) == []
+
+
+def test_relative_model_paths_follow_the_project_rule(tmp_path, monkeypatch):
+    """README "Data": relative model paths start at the config's folder (``--set`` ones at the current folder)."""
+    from trainer.datagen.config import resolve_model_paths
+
+    for folder in ("configs/models/t2i", "elsewhere/models/t2i"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "configs" / "cats.txt").write_text("dog\ncup\n")
+    config = tmp_path / "configs" / "d.yaml"
+    config.write_text(json.dumps({"filters": {"server": "http://127.0.0.1:1"}, "t2i": {"model": "models/t2i"},
+                                  "categories": "cats.txt", "references": {"model": "org/kontext"}}))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    cfg = resolve_model_paths(load_config(DatagenConfig, config))
+    assert cfg.t2i.model == str(tmp_path / "configs" / "models" / "t2i")  # not elsewhere/models/t2i
+    assert cfg.categories == str(tmp_path / "configs" / "cats.txt") and cfg.references.model == "org/kontext"
+    assert resolve_model_paths(load_config(DatagenConfig, config, ["t2i.model=models/t2i"])).t2i.model == \
+        str(tmp_path / "elsewhere" / "models" / "t2i")

@@ -8,7 +8,6 @@ for the tiny CPU models. Relative model paths start at the config file's folder.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -341,31 +340,29 @@ def stage_hashes(cfg: DatagenConfig, categories: list[str], stages: list[str]) -
     return hashes
 
 
-def resolve_model_paths(cfg: DatagenConfig, base_dir: Path) -> DatagenConfig:
-    """A copy whose relative model paths that exist under ``base_dir`` (the config's folder) are absolute.
+def resolve_model_paths(cfg: DatagenConfig) -> DatagenConfig:
+    """A copy whose local model paths (and a category file) are absolute, by the project's one rule
+    (``shared.paths``): relative to the config file's folder, or to the current folder for a
+    ``--set`` value. Hub ids stay as written; a local path that does not exist stays for
+    ``models.check_model_paths`` to report."""
+    from shared.paths import resolve_path
 
-    A value that exists from the working directory is taken from there; anything else stays as
-    written (a hub id, or a missing path that ``models.check_model_paths`` reports)."""
-    cfg = cfg.model_copy(deep=True)
+    out = cfg.model_copy(deep=True)
 
-    def resolve(value: str | None) -> str | None:
-        if not value or Path(value).is_absolute():
-            return value
-        if Path(value).exists():
-            return str(Path(value).resolve())
-        if (base_dir / value).exists():
-            return str((base_dir / value).resolve())
-        return value
+    def resolve(key: str, value: str | None, always_local: bool = False) -> str | None:
+        return resolve_path(value, cfg.path_base(key), always_local) if value else value
 
     if cfg.writer.kind == "transformers":
-        cfg.writer.model = resolve(cfg.writer.model)
+        out.writer.model = resolve("writer.model", cfg.writer.model)
     if cfg.caption.kind == "transformers":
-        cfg.caption.model = resolve(cfg.caption.model)
-    cfg.t2i.model = resolve(cfg.t2i.model)
-    cfg.detect.detector.model = resolve(cfg.detect.detector.model)
-    for section in (cfg.references, cfg.edit):
-        section.model = resolve(section.model)
-        section.lora = resolve(section.lora)
+        out.caption.model = resolve("caption.model", cfg.caption.model)
+    out.t2i.model = resolve("t2i.model", cfg.t2i.model)
+    out.detect.detector.model = resolve("detect.detector.model", cfg.detect.detector.model)
+    for name in ("references", "edit"):
+        section: GeneratorConfig = getattr(cfg, name)
+        getattr(out, name).model = resolve(f"{name}.model", section.model)
+        getattr(out, name).lora = resolve(f"{name}.lora", section.lora)
     if isinstance(cfg.categories, str) and cfg.categories != "objects365":
-        cfg.categories = resolve(cfg.categories)
-    return cfg
+        out.categories = resolve("categories", cfg.categories, always_local=True)
+    out._source, out._cli_keys = cfg._source, cfg._cli_keys
+    return out

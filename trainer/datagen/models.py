@@ -14,17 +14,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from shared.config import ConfigError
+from shared.paths import looks_local
 from trainer.datagen.config import DatagenConfig, DetectConfig, GeneratorConfig, Placement, T2IConfig
 
 T2IFn = Callable[[Sequence[str], Sequence[int]], list[np.ndarray]]
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def device_of(placement: Placement):
@@ -85,7 +84,7 @@ def model_version(model: str | None, revision: str | None = None) -> str:
             digest.update(file.name.encode())
             digest.update(file.read_bytes() if file.stat().st_size < 1_000_000 else str(file.stat().st_size).encode())
         return f"{path.name}@local:{digest.hexdigest()[:10]}"
-    if _HUB_ID.match(model):
+    if not looks_local(model):
         commit = cached_commit(model, revision)
         if commit:
             return f"{model}@{commit}"
@@ -113,14 +112,17 @@ def _stage_models(cfg: DatagenConfig, stages: Sequence[str]) -> list[tuple[str, 
     return [w for w in wanted if w[1] is not None]
 
 
-def _is_hub_id(value: str) -> bool:
-    return bool(_HUB_ID.match(value)) and not value.startswith(".")
+def check_model_paths(cfg: DatagenConfig, stages: Sequence[str], source: Path | None = None) -> list[str]:
+    """Local model paths (``shared.paths``' rule) the selected stages need that do not exist."""
+    from shared.paths import MissingPathError, check_model_ref
 
-
-def check_model_paths(cfg: DatagenConfig, stages: Sequence[str]) -> list[str]:
-    """Models the selected stages need that are neither an existing path nor a hub id (``org/name``)."""
-    return [f"{key}: {value} does not exist (a local path or a hub id such as org/name)"
-            for key, value, _ in _stage_models(cfg, stages) if not Path(value).exists() and not _is_hub_id(value)]
+    problems = []
+    for key, value, _ in _stage_models(cfg, stages):
+        try:
+            check_model_ref(value, key, source)
+        except MissingPathError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def check_hub_models(cfg: DatagenConfig, stages: Sequence[str], timeout_s: float = 10.0) -> list[str]:
@@ -133,7 +135,7 @@ def check_hub_models(cfg: DatagenConfig, stages: Sequence[str], timeout_s: float
 
     problems = []
     for key, value, revision in _stage_models(cfg, stages):
-        if Path(value).exists() or not _is_hub_id(value) or cached_commit(value, revision):
+        if Path(value).exists() or looks_local(value) or cached_commit(value, revision):
             continue
         where = f"{key}: {value} is not a local folder and not in the Hugging Face cache"
         if constants.HF_HUB_OFFLINE:

@@ -56,7 +56,6 @@ class RunOptions:
     rerun: bool = False
     limit: int | None = None
     progress: bool = True
-    base_dir: Path = Path(".")
 
 
 def parse_stages(text: str) -> list[str]:
@@ -85,7 +84,7 @@ class DatagenRun:
 
     def __init__(self, raw: DatagenConfig, opts: RunOptions):
         self.raw, self.opts = raw, opts
-        self.cfg = resolve_model_paths(raw, opts.base_dir)
+        self.cfg = resolve_model_paths(raw)
         self.categories = load_categories(self.cfg.categories)
         check_enough(self.categories, raw.tasks)
         self.run = RunFolder(shard_folder(opts.out, opts.shard))
@@ -104,7 +103,8 @@ class DatagenRun:
 
         with self.run.locked(), torch_threads(self.raw.cpu_threads):
             self._open_run()  # checks only: nothing is written before every check passed
-            problems = check_model_paths(self.cfg, self.opts.stages) or check_hub_models(self.cfg, self.opts.stages)
+            problems = (check_model_paths(self.cfg, self.opts.stages, self.raw.source)
+                        or check_hub_models(self.cfg, self.opts.stages))
             if problems:
                 raise ConfigError("; ".join(problems))
             ctx = StageContext(self.cfg, self.run, self.doc["models"])
