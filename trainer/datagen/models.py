@@ -160,7 +160,7 @@ def load_t2i(cfg: T2IConfig) -> T2IFn:
 
     device = device_of(cfg)
     with loading("t2i.model", cfg.model):
-        pipe = DiffusionPipeline.from_pretrained(cfg.model, revision=cfg.revision, torch_dtype=dtype_of(cfg, device))
+        pipe = DiffusionPipeline.from_pretrained(cfg.model, revision=cfg.revision, dtype=dtype_of(cfg, device))
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
 
