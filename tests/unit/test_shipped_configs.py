@@ -73,6 +73,21 @@ def test_training_config_passes_check(capsys, path, tiny_config, tmp_path):
     assert code == 0 and f"{path}: OK" in out, out
 
 
+@pytest.mark.parametrize("path", [p for p in CONFIGS if config_kind(p) == "train"], ids=lambda p: p.name)
+def test_training_runs_land_in_the_repositorys_runs_folder(path):
+    """run.output_dir written in a config starts at the config's folder: every shipped run writes under
+    <repo>/runs (git-ignored), where the GRPO config's documented model.init_lora finds the SFT result."""
+    from trainer.config import TrainConfig
+
+    cfg = load_config(TrainConfig, path, ["data.file=x"])
+    out = (path.parent / cfg.run.output_dir).resolve()
+    assert out.parent == REPO / "runs", out
+    if path.name == "psr_sft_kontext.yaml":  # what psr_flux_kontext.yaml and the README tell GRPO to start from
+        steps = f"step-{cfg.run.steps:06d}"
+        grpo = (REPO / "configs" / "psr_flux_kontext.yaml").read_text()
+        assert f"model.init_lora={out.relative_to(REPO)}/checkpoints/{steps}" in grpo
+
+
 def test_the_paper_configs_use_one_set_of_reward_names():
     """rewards_psr.yaml hosts what the paper's training config weighs and psr bench score asks for."""
     hosted = set(load_config(ServerConfig, REPO / "configs" / "rewards_psr.yaml").rewards)
