@@ -50,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--recipe", action="store_true",
                       help="the whole recipe instead: data -> SFT -> GRPO from the SFT LoRA -> export -> PSRBench")
     demo.add_argument("--sft-steps", type=int, default=20, help="SFT steps of --recipe (default: %(default)s)")
-    demo.add_argument("--items", type=int, default=2,
-                      help="--recipe: synthetic items per task type, 7 task types (default: %(default)s)")
+    demo.add_argument("--items", type=int, default=16,
+                      help="--recipe: items psr datagen makes (default: %(default)s)")
     demo.set_defaults(func=cmd_demo)
 
 

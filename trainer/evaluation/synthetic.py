@@ -2,7 +2,7 @@
 PSRBench subset and composites that paste the subjects onto a background. Two layouts:
 ``make_synthetic_bench`` (PSRBench subset files, the composites as "generated" results) and
 ``make_synthetic_dataset`` (a training dataset, ``dataset.json`` with the composites as targets,
-the format ``psr datagen`` writes). ``psr bench make-synthetic DIR [--dataset]``."""
+the format ``psr datagen`` writes; for tests). ``psr bench make-synthetic DIR`` writes the first."""
 
 from __future__ import annotations
 
@@ -65,7 +65,11 @@ def _subjects(subset_index: int, subset: str, item: int) -> list[str]:
 
 def make_synthetic_dataset(root: str | Path, items_per_task: int = 2, size: int = 64, seed: int = 0) -> Path:
     """A training dataset under ``root``: references, one composite target per item, ``dataset.json``
-    (items with ``target_path`` and ``task``). Returns the ``dataset.json`` path."""
+    (items with ``target_path`` and ``task``). Returns the ``dataset.json`` path.
+
+    For tests: no models or server needed, every task and reference count (2-4) present, and each
+    target is made of its references, so a model trained on it visibly learns them. Users (and
+    ``psr demo --recipe``) make training data with ``psr datagen``."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     refs = _write_references(root, size, rng)
