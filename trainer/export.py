@@ -38,10 +38,13 @@ def export_checkpoint(
 
     from trainer.lora import concat_lora, merge_lora, read_lora
 
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"--out {out} exists and is not empty: give a new folder (an export never overwrites)")
     lora = read_lora(checkpoint, weights=weights)
     base = model or lora.chain()[0].base_model
     if fmt == "peft":
-        return save_peft(concat_lora(lora), Path(out), base)
+        return save_peft(concat_lora(lora), out, base)
     if not base:
         raise ValueError(f"{checkpoint} does not record its base model: pass --model")
     from trainer.pipeline import MultiRefGenerator

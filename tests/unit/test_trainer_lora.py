@@ -165,6 +165,14 @@ def test_bad_lora_paths_are_one_line_errors(runs, tmp_path, capsys):
     assert psr(["export", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("psr export: ") and "neither a PEFT adapter folder" in err and "Traceback" not in err
+    # an export never writes into a folder that holds something (e.g. the base model it reads)
+    before = {p: p.stat().st_mtime_ns for p in Path(runs["generator"]).rglob("*")}
+    for fmt in ("merged", "peft"):
+        args = ["export", "--checkpoint", str(runs["grpo_ckpt"]), "--out", str(runs["generator"]), "--format", fmt]
+        assert psr(args) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("psr export: ") and f"{runs['generator']} exists and is not empty" in err
+    assert {p: p.stat().st_mtime_ns for p in Path(runs["generator"]).rglob("*")} == before
     args = ["train", "--check", "--config", str(CONFIGS / "tiny_cpu.yaml"), "--set", f"model.path={runs['generator']}",
             "--set", "rewards.url=http://127.0.0.1:9", "--set", "model.init_lora=gone"]
     assert psr(args) == 2  # --set paths start at the current folder, checked before anything loads
