@@ -27,17 +27,26 @@ CHECKPOINTS = "checkpoints"
 
 
 class EMA:
-    """Exponential moving average of the trainable parameters."""
+    """Exponential moving average of the trainable parameters, warmed up as diffusers' ``EMAModel`` (and
+    flow_grpo's ``EMAModuleWrapper``) do: update n (from 0) uses decay ``min(decay, (1 + n) / (10 + n))``
+    (0 for the first), so an early average follows the weights instead of staying near their start."""
 
     def __init__(self, params: list[torch.nn.Parameter], decay: float):
         self.params = params
         self.decay = decay
+        self.updates = 0  # restored on resume (trainer_state.pt)
         self.shadow = [p.detach().clone().float() for p in params]
+
+    def current_decay(self) -> float:
+        n = self.updates
+        return 0.0 if n == 0 else min(self.decay, (1 + n) / (10 + n))
 
     @torch.no_grad()
     def update(self) -> None:
+        decay = self.current_decay()
         for s, p in zip(self.shadow, self.params, strict=True):
-            s.lerp_(p.detach().float(), 1.0 - self.decay)
+            s.lerp_(p.detach().float(), 1.0 - decay)
+        self.updates += 1
 
     @contextmanager
     def applied(self) -> Iterator[None]:
@@ -119,6 +128,7 @@ def save_checkpoint(
             "lr_scheduler": lr_scheduler.state_dict(),
             "rng": _rng_state(),
             "config_hash": config_hash,
+            "ema_updates": 0 if ema is None else ema.updates,
         },
         tmp / "trainer_state.pt",
     )
@@ -155,6 +165,8 @@ def load_checkpoint(
     state = torch.load(path / "trainer_state.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(state["optimizer"])
     lr_scheduler.load_state_dict(state["lr_scheduler"])
+    if ema is not None:  # one EMA update per optimizer step, which the LR schedule also counts
+        ema.updates = int(state.get("ema_updates", lr_scheduler.state_dict().get("last_epoch", 0)))
     _set_rng_state(state["rng"])
     return int(state["step"]), str(state["config_hash"])
 

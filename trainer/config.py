@@ -228,7 +228,10 @@ class OptimConfig(StrictModel):
         description="keep an exponential moving average of the LoRA weights; checkpoints save it beside the raw "
         "weights and validation, psr bench generate and psr export use it",
     )
-    ema_decay: float = Field(default=0.99, gt=0, lt=1)
+    ema_decay: float = Field(
+        default=0.99, gt=0, lt=1, description="EMA decay, reached after a warm-up: min(ema_decay, (1 + n) / (10 + n)) "
+        "at update n, as diffusers' EMAModel"
+    )
 
 
 class RunConfig(StrictModel):

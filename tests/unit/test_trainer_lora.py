@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from shared.config import load_config
-from trainer.checkpoint import lora_state_dict
+from trainer.checkpoint import EMA, lora_state_dict
 from trainer.config import DEFAULT_LORA_TARGETS, TrainConfig
 from trainer.evaluation.model import load_generate_fn
 from trainer.evaluation.synthetic import make_synthetic_dataset
@@ -80,6 +80,24 @@ def test_ema_is_saved_under_the_loras_names(runs):
     assert any(not torch.equal(ema[k], raw[k]) for k in raw)  # decay 0.5 over 2 steps: not the raw weights
     meta = json.loads((ckpt / "lora.json").read_text())
     assert meta["alpha"] == sft.cfg.lora.alpha and meta["base_model"] == str(runs["generator"])
+
+
+def test_ema_warms_up_as_diffusers_ema_model():
+    """diffusers' EMAModel (and flow_grpo's EMAModuleWrapper) ramp the decay as (1 + n) / (10 + n) up to
+    ``decay``: an early average follows the weights instead of staying near their initial values."""
+    from diffusers.training_utils import EMAModel
+
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.ones(2, 2))]
+    ours, theirs = EMA(params, 0.99), EMAModel(params, decay=0.99)
+    for k in range(6):
+        with torch.no_grad():
+            for p in params:
+                p.add_(torch.full_like(p, 1.0 + k))
+        ours.update()
+        theirs.step(params)
+        for a, b in zip(ours.shadow, theirs.shadow_params, strict=True):
+            torch.testing.assert_close(a, b)
+    assert ours.updates == 6
 
 
 def test_validation_and_generation_from_a_checkpoint_use_the_ema_weights(runs):
