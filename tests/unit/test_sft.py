@@ -3,6 +3,7 @@ and clear errors for data SFT cannot use."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from shared.cli import main as psr
 from shared.config import ConfigError, load_config
 from trainer.checkpoint import find_latest, lora_state_dict
 from trainer.config import TrainConfig
+from trainer.dataset import load_image
 from trainer.evaluation.synthetic import make_synthetic_dataset
 from trainer.flow_matching import flow_matching_loss, loss_weighting, noised, sample_sigmas
 from trainer.pipeline import shift_sigmas
@@ -71,6 +73,37 @@ def test_flow_matching_loss_is_the_weighted_velocity_error():
     torch.testing.assert_close(flow_matching_loss(v, x0, noise, weights), torch.stack(per_sample))
 
 
+def diffusers_kontext_loss(pipe, transformer, prompt, reference, target, generator, guidance):
+    """The loss lines of diffusers' train_dreambooth_lora_flux_kontext.py (I2I, one condition image,
+    vae_encode_mode 'mode', weighting_scheme 'logit_normal') on one item, with its helpers."""
+    from diffusers import FluxKontextPipeline
+
+    def latents(image):
+        pixels = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+        z = pipe.vae.encode(pixels).latent_dist.mode()
+        return (z - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+
+    model_input, cond_input = latents(target), latents(reference)
+    b, c, h, w = model_input.shape
+    prompt_embeds, pooled, text_ids = pipe.encode_prompt(prompt=[prompt], prompt_2=None, max_sequence_length=32)
+    ids = FluxKontextPipeline._prepare_latent_image_ids(b, h // 2, w // 2, "cpu", torch.float32)
+    cond_ids = FluxKontextPipeline._prepare_latent_image_ids(b, h // 2, w // 2, "cpu", torch.float32)
+    cond_ids[..., 0] = 1
+    noise = torch.randn(model_input.shape, generator=generator)
+    u = compute_density_for_timestep_sampling("logit_normal", b, logit_mean=0.0, logit_std=1.0, mode_scale=1.29,
+                                              generator=generator)
+    indices = (u * pipe.scheduler.config.num_train_timesteps).long()
+    timesteps, sigmas = pipe.scheduler.timesteps[indices], pipe.scheduler.sigmas[indices].view(-1, 1, 1, 1)
+    noisy = FluxKontextPipeline._pack_latents((1.0 - sigmas) * model_input + sigmas * noise, b, c, h, w)
+    hidden = torch.cat([noisy, FluxKontextPipeline._pack_latents(cond_input, b, c, h, w)], dim=1)
+    pred = transformer(hidden_states=hidden, timestep=timesteps / 1000, guidance=torch.tensor([guidance]).expand(b),
+                       pooled_projections=pooled, encoder_hidden_states=prompt_embeds, txt_ids=text_ids,
+                       img_ids=torch.cat([ids, cond_ids]), return_dict=False)[0][:, : noisy.shape[1]]
+    pred = FluxKontextPipeline._unpack_latents(pred, h * 8, w * 8, 8)
+    weighting = compute_loss_weighting_for_sd3(weighting_scheme="logit_normal", sigmas=sigmas)
+    return torch.mean((weighting.float() * (pred.float() - (noise - model_input).float()) ** 2).reshape(b, -1), 1)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("sft")
@@ -83,6 +116,27 @@ def sft_config(setup, out, *extra):
                                              "optim.ema=true", "optim.lr_scheduler=linear", "optim.warmup_steps=1",
                                              "optim.gradient_accumulation_steps=2", "optim.train_batch_size=2",
                                              "run.steps=3", "run.save_every=1", "sft.validation_items=2", *extra])
+
+
+def test_sft_loss_is_diffusers_kontext_training_loss(setup, tmp_path):
+    """One reference (Kontext's condition image, ids (1, h, w)), the same noise and timestep draws: our
+    loss equals the diffusers Kontext LoRA script's, guidance embedding and timestep scaling included."""
+    from diffusers import FluxKontextPipeline
+
+    trainer = SFTTrainer(sft_config(setup, tmp_path, "sft.timestep_shift=none", "model.guidance_scale=3.5"))
+    with torch.no_grad():  # a non-identity LoRA, so the adapted transformer is what both compute with
+        for p in trainer.policy.params:
+            p.copy_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    first = trainer.items[0]
+    item = dataclasses.replace(first, input_paths=first.input_paths[:1], categories=first.categories[:1])
+    pipe = FluxKontextPipeline.from_pretrained(setup[0])
+    reference, target = load_image(trainer.root / item.input_paths[0]), load_image(trainer.root / item.target_path)
+    with torch.no_grad():
+        for seed in range(3):
+            ours, _ = trainer.loss([item], torch.Generator().manual_seed(seed))
+            theirs = diffusers_kontext_loss(pipe, trainer.policy.transformer, item.instruction, reference, target,
+                                            torch.Generator().manual_seed(seed), 3.5)
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
 def test_sft_resume_is_exact(setup, tmp_path):
