@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,3 +222,27 @@ def test_our_kl_is_flow_grpos_divided_by_the_step_size():
         torch.testing.assert_close(gaussian_kl(mean, ref_mean, std) * dt, flow_grpo_kl, rtol=1e-5, atol=1e-8)
     # beta * KL_ours == beta_flow_grpo * KL_flow_grpo on average over the trained steps
     assert flow_grpo_equivalent_beta(0.04, sigmas.tolist(), [1, 2]) == pytest.approx(0.04 * (0.25 + 0.25) / 2)
+
+
+def test_paper_config_beta_is_flow_grpos_004_for_its_schedule():
+    """configs/psr_flux_kontext.yaml's beta is flow_grpo's 0.04 (its SD3.5 setting, noise level 0.7) in our
+    units: 0.04 x mean |dt| over the trained steps of FLUX's 28-step schedule at 512 px, the schedule
+    computed by diffusers' FLUX pipeline code (not ours)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    from shared.config import load_config
+    from trainer.config import TrainConfig
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "psr_flux_kontext.yaml"
+    cfg = load_config(TrainConfig, path, ["data.file=x"])
+    n, tokens = cfg.sampling.num_steps, (cfg.model.resolution // 16) ** 2
+    assert (n, tokens, cfg.sampling.noise_level) == (28, 1024, 0.7)
+    flux = {"base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, **flux)
+    mu = calculate_shift(tokens, 256, 4096, 0.5, 1.15)
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / n, n), mu=mu)
+    dt = np.abs(np.diff(scheduler.sigmas.numpy().astype(np.float64)))
+    count = round(n * cfg.grpo.timestep_fraction)
+    trained = [int(i * n / count) for i in range(count)]  # evenly spaced, as README says
+    assert cfg.grpo.beta == pytest.approx(0.04 * dt[trained].mean(), rel=5e-3)
