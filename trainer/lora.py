@@ -123,13 +123,13 @@ def read_lora(path: str | Path, alpha: float | None = None, weights: Weights = "
     return LoraWeights(_strip(load_file(str(file))), float(alpha), str(file), init, meta.get("base_model"))
 
 
-@torch.no_grad()
 def lora_metadata(alpha: float, targets: list[str], base_model: str, init: LoraWeights | None) -> dict:
     """What ``lora.json`` records beside a checkpoint's weights."""
     return {"alpha": alpha, "target_modules": targets, "base_model": base_model,
             "init_lora": None if init is None else init.source}
 
 
+@torch.no_grad()
 def merge_lora(model: torch.nn.Module, lora: LoraWeights) -> None:
     """Add every LoRA of the chain into the weights it targets (``W += scaling * B @ A``)."""
     modules = dict(model.named_modules())

@@ -116,7 +116,9 @@ def test_validation_and_generation_from_a_checkpoint_use_the_ema_weights(runs):
 
 def test_grpo_from_sft_starts_from_the_merged_sft_model(runs):
     grpo, sft_ckpt, generator = runs["grpo"], runs["sft_ckpt"], runs["generator"]
-    sft_model = MultiRefGenerator.from_pretrained(generator).transformer
+    from diffusers import FluxTransformer2DModel
+
+    sft_model = FluxTransformer2DModel.from_pretrained(generator, subfolder="transformer")  # trainable weights
     merge_lora(sft_model, read_lora(sft_ckpt))  # base + SFT (EMA) weights
     gen = grpo.policy.gen
     cond = gen.condition(["a dog and a cup"], [[np.full((SIZE, SIZE, 3), 90, np.uint8)] * 2], SIZE, SIZE)
