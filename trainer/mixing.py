@@ -29,7 +29,7 @@ class ReferenceMix:
                 have = ", ".join(f"{k}: {len(v)} items" for k, v in sorted(self.by_count.items()))
                 raise ValueError(
                     f"data.reference_mix asks for items with {missing} references, but the data has none "
-                    f"(reference counts in the data: {have})"
+                    f"(reference counts in the data: {have}); give probabilities for those counts only, or null"
                 )
             self.mix = (np.array(sorted(wanted)), np.array([wanted[k] for k in sorted(wanted)]))
 
