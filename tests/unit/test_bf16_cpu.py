@@ -160,3 +160,40 @@ def test_trainer_update_in_bf16_matches_fp32(tmp_path, fresh_accelerate_state):
     g16 = _lora_gradient(bf16, rollouts)
     cosine = float(torch.nn.functional.cosine_similarity(g32, g16, dim=0))
     assert cosine > 0.99 and abs(float(g16.norm() / g32.norm()) - 1) < 0.05, (cosine, float(g16.norm() / g32.norm()))
+
+
+def _sft_gradient(tiny: Path, data: Path, out: Path, mixed: str) -> tuple[torch.Tensor, object]:
+    from accelerate.state import AcceleratorState
+
+    from trainer.config import TrainConfig
+    from trainer.sft import SFTTrainer
+
+    AcceleratorState._reset_state(True)
+    config = Path(__file__).resolve().parents[2] / "configs" / "tiny_sft_cpu.yaml"
+    trainer = SFTTrainer(load_config(TrainConfig, config, [
+        f"model.path={tiny}", f"data.file={data}", f"run.output_dir={out}", f"model.mixed_precision='{mixed}'",
+        "lora.rank=4", "sft.validation_items=2",
+    ]))
+    with torch.no_grad():  # the same non-identity LoRA in both runs
+        for p in trainer.policy.params:
+            p.copy_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    batch = [trainer.items[i] for i in trainer.mix.draw_batch(np.random.default_rng(0), 2)]
+    with trainer.acc.autocast():
+        loss, _ = trainer.loss(batch, torch.Generator().manual_seed(0))
+    trainer.acc.backward(loss.mean())
+    return torch.cat([p.grad.detach().float().flatten() for p in trainer.policy.params]), trainer
+
+
+def test_sft_step_in_bf16_matches_fp32(tmp_path, fresh_accelerate_state):
+    from trainer.evaluation.synthetic import make_synthetic_dataset
+    from trainer.tiny import make_tiny_generator
+
+    tiny = make_tiny_generator(tmp_path / "generator")
+    data = make_synthetic_dataset(tmp_path / "data", 1, 32).parent
+    g32, _ = _sft_gradient(tiny, data, tmp_path / "fp32", "no")
+    g16, bf16 = _sft_gradient(tiny, data, tmp_path / "bf16", "bf16")
+    assert all(p.dtype == torch.float32 for p in bf16.policy.params)
+    assert {p.dtype for p in bf16.policy.transformer.parameters() if not p.requires_grad} == {torch.bfloat16}
+    cosine = float(torch.nn.functional.cosine_similarity(g32, g16, dim=0))
+    assert cosine > 0.99 and abs(float(g16.norm() / g32.norm()) - 1) < 0.05, (cosine, float(g16.norm() / g32.norm()))
+    assert np.isfinite(bf16.validate(1)["val/pixel_mse"])  # validation sampling runs in bf16 too
