@@ -115,7 +115,8 @@ def sft_config(setup, out, *extra):
     return load_config(TrainConfig, CONFIG, [f"model.path={generator}", f"data.file={data}", f"run.output_dir={out}",
                                              "optim.ema=true", "optim.lr_scheduler=linear", "optim.warmup_steps=1",
                                              "optim.gradient_accumulation_steps=2", "optim.train_batch_size=2",
-                                             "run.steps=3", "run.save_every=1", "sft.validation_items=2", *extra])
+                                             "run.steps=3", "run.save_every=1", "sft.validation_items=2",
+                                             "data.reference_mix={2: 0.8, 3: 0.1, 4: 0.1}", *extra])
 
 
 def test_sft_loss_is_diffusers_kontext_training_loss(setup, tmp_path):

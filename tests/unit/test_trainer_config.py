@@ -27,19 +27,6 @@ def test_shipped_configs_load():
     assert tiny_sft.algorithm == "sft" and tiny_sft.model.resolution == 32
 
 
-def test_paper_beta_is_flow_grpos_beta_in_our_kl_units():
-    """flow_grpo's KL is ours times |dt| (trainer.grpo.gaussian_kl): its beta 0.04 is ours 0.04 * mean |dt|."""
-    import numpy as np
-
-    paper = load_config(TrainConfig, CONFIGS / "psr_flux_kontext.yaml")
-    s = paper.sampling.num_steps
-    base = np.linspace(1.0, 1.0 / s, s)
-    mu = 0.5 + (1024 - 256) * (1.15 - 0.5) / (4096 - 256)  # FLUX.1's shift at 512 px (1024 tokens)
-    sigmas = np.append(np.exp(mu) / (np.exp(mu) + 1 / base - 1), 0.0)
-    dt = np.abs(np.diff(sigmas))[paper.train_step_indices()]
-    assert paper.grpo.beta == pytest.approx(0.04 * dt.mean(), rel=0.01)
-
-
 @pytest.mark.parametrize(
     ("override", "message"),
     [
