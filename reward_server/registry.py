@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 
+from pydantic import ValidationError
+
 from reward_server.config import ServerConfig
-from reward_server.rewards import Reward, get_reward_type
-from shared.config import ConfigError
+from reward_server.rewards import Reward, RewardImportError, get_reward_type
+from shared.config import ConfigError, validation_problems
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +21,22 @@ def build_rewards(config: ServerConfig, only: list[str] | None = None) -> dict[s
         if unknown:
             raise ConfigError(f"rewards {unknown} are not in the config; configured: {', '.join(names)}")
         names = [n for n in names if n in only]
-    return {name: get_reward_type(config.rewards[name].type)(name, config.rewards[name]) for name in names}
+    return {name: _build(config, name) for name in names}
+
+
+def _build(config: ServerConfig, name: str) -> Reward:
+    """One reward; a bad type or option names the reward, the key and the file."""
+    spec = config.rewards[name]
+    try:
+        cls = get_reward_type(spec.type)
+    except RewardImportError as exc:
+        raise ConfigError(f"{config.source}: rewards.{name}.type: {exc}") from None
+    try:
+        return cls(name, spec)
+    except ValidationError as exc:
+        problems = validation_problems(exc, cls.Options)
+        raise ConfigError("\n".join(f"{config.source}: rewards.{name}.options{'.' + where if where else ''}: {text}"
+                                     for where, text in problems)) from None
 
 
 def load_rewards(rewards: dict[str, Reward]) -> None:
