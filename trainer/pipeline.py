@@ -135,7 +135,7 @@ class MultiRefGenerator:
         path = str(path)
         if Path(path).exists() and not (Path(path) / "model_index.json").is_file():
             raise FileNotFoundError(f"{path} is not a pipeline folder: model_index.json is missing")
-        kw = {"torch_dtype": dtype}
+        kw = {"dtype": dtype}
         parts = dict(
             transformer=FluxTransformer2DModel.from_pretrained(path, subfolder="transformer", **kw),
             vae=AutoencoderKL.from_pretrained(path, subfolder="vae", **kw),

@@ -77,7 +77,7 @@ class TransformersJudge:
         pixels = {k: v for k, v in {"min_pixels": min_pixels, "max_pixels": max_pixels}.items() if v is not None}
         self.processor = AutoProcessor.from_pretrained(model_path, **pixels)
         self.processor.tokenizer.padding_side = "left"  # the last position is every prompt's next token
-        self.model = AutoModelForImageTextToText.from_pretrained(model_path, torch_dtype=dtype).to(device).eval()
+        self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype).to(device).eval()
         self.device = device
         self.min_digit_mass = min_digit_mass
         self.batch_size = batch_size
