@@ -61,6 +61,21 @@ class _NotPrintedElsewhere(logging.Filter):
         return True
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (tests swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure_logging(level: str | int = "INFO", stream=None) -> None:
     """Set up the ``psr`` commands' logging (see the module docstring)."""
     numeric = parse_level(level) if isinstance(level, str) else level
@@ -68,7 +83,7 @@ def configure_logging(level: str | int = "INFO", stream=None) -> None:
     if not verbose:
         for key, value in QUIET_ENV.items():
             os.environ.setdefault(key, value)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderr()
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.addFilter(_NotPrintedElsewhere())
     handler.addFilter(_DropMisleading())
