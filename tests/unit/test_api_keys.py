@@ -62,7 +62,7 @@ def test_keys_on_the_command_line_are_refused_with_where_to_put_them(capsys, tmp
         assert "PSR_API_KEY" in capsys.readouterr().err
     from trainer.config import TrainConfig
 
-    with pytest.raises(ConfigError, match="--set rewards.api_key: .*PSR_API_KEY"):
+    with pytest.raises(ConfigError, match=r"--set rewards.api_key: .*PSR_API_KEY"):
         load_config(TrainConfig, REPO / "configs" / "tiny_cpu.yaml", [f"rewards.api_key={KEY}"])
 
 
