@@ -307,12 +307,30 @@ class RewardClient(_ClientOptions):
         """The rewards the service hosts (``GET /v1/rewards``)."""
         return self.transport.get("/v1/rewards")["rewards"]
 
-    def wait_until_ready(self, timeout: float = 300.0, every: float = 0.05) -> None:
-        """Block until every hosted reward reports ready (models loaded / live workers)."""
+    def wait_until_ready(self, timeout: float = 300.0, every: float = 0.05, rewards: Sequence[str] | None = None) -> None:
+        """Block until ``rewards`` (default: every hosted reward) report ready -- models loaded, live
+        workers. A service that cannot be reached yet (still starting) is retried until ``timeout``;
+        a reward it does not host raises at once, naming the ones it hosts."""
         deadline = time.monotonic() + timeout
-        while not all(r["ready"] for r in self.rewards()):
+        while True:
+            try:
+                hosted = {r["name"]: r for r in self.rewards()}
+            except RetryableError as exc:
+                if time.monotonic() > deadline:
+                    raise RewardServiceError(f"{exc} (waited {timeout:g} s)", exc.status) from exc
+                time.sleep(max(every, 0.25))
+                continue
+            names = list(hosted) if rewards is None else list(rewards)
+            missing = [n for n in names if n not in hosted]
+            if missing:
+                raise RewardServiceError(
+                    f"the reward service at {self.url} does not host {missing}; it hosts {sorted(hosted)}", 422)
+            loading = [n for n in names if not hosted[n].get("ready", False)]
+            if not loading:
+                return
             if time.monotonic() > deadline:
-                raise RewardServiceError(f"the reward service at {self.url} was not ready within {timeout} s")
+                raise RewardServiceError(f"rewards {loading} of the reward service at {self.url} were not ready "
+                                         f"within {timeout:g} s (see its /readyz)")
             time.sleep(every)
 
     def _send(self, request: dict[str, Any]) -> dict[str, Any]:

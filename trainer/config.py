@@ -111,6 +111,9 @@ class RewardsConfig(StrictModel):
     reward_weights: dict[str, float] = Field(description="reward name -> weight (trl's reward_weights)")
     required: list[str] = Field(default_factory=list, description="rewards whose failure stops training")
     timeout_s: float = Field(default=600.0, gt=0, description="longest wait for one scoring request")
+    ready_timeout_s: float = Field(
+        default=600.0, ge=0, description="how long to wait at start-up for the server to load the rewards"
+    )
     max_retries: int = Field(default=3, ge=0, description="retries on 408/429/5xx")
     image_format: Literal["raw", "jpeg", "png"] = Field(
         default="raw", description="image encoding on the wire"

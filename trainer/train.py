@@ -47,7 +47,7 @@ class FlowGRPOTrainer:
         self.rank = self.acc.process_index
         self.out = Path(cfg.run.output_dir)
         self.hash = config_hash(
-            cfg.model_dump(exclude={"run": {"steps", "output_dir"}, "rewards": {"url", "api_key"}})
+            cfg.model_dump(exclude={"run": {"steps", "output_dir"}, "rewards": {"url", "api_key", "ready_timeout_s"}})
         )
         self.monitor = Monitor(self.out / "tensorboard" if self.acc.is_main_process else None)
         self.start_step = 0
@@ -226,6 +226,8 @@ def run_training(
     """Train as configured; returns the summary (reward per step, TensorBoard dir, sample grid PNG)."""
     trainer = FlowGRPOTrainer(config, reward_client, base_dir)
     try:
+        if reward_client is None:  # a server started beside us may still be loading its models
+            trainer.client.wait_until_ready(config.rewards.ready_timeout_s, rewards=list(config.rewards.reward_weights))
         if resume:
             trainer.resume(resume)
         return trainer.train(progress=progress)
