@@ -33,6 +33,6 @@ def test_waits_through_a_starting_server_and_names_missing_rewards():
 
 
 def test_gives_up_at_the_deadline_with_the_reason():
-    with RewardClient(f"http://127.0.0.1:{free_port()}", max_retries=0) as client:
-        with pytest.raises(RewardServiceError, match=r"cannot reach the reward service at .* \(waited 0.5 s\)"):
-            client.wait_until_ready(0.5)
+    with RewardClient(f"http://127.0.0.1:{free_port()}", max_retries=0) as client, pytest.raises(
+            RewardServiceError, match=r"cannot reach the reward service at .* \(waited 0.5 s\)"):
+        client.wait_until_ready(0.5)

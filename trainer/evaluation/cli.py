@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import shutil
 import sys
 from pathlib import Path
@@ -146,7 +145,6 @@ def cmd_score(args: argparse.Namespace) -> int:
         wait_for_rewards,
     )
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the progress bar
     config = load_config(BenchConfig, args.config, args.set)
     compare = [load_summary(p) for p in args.compare]  # fail before any scoring if one is unreadable
     items = _load_items(args)
