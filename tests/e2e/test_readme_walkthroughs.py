@@ -224,6 +224,8 @@ def test_walkthroughs_do_not_share_ports():
 @pytest.mark.slow
 @pytest.mark.parametrize("block", BLOCKS, ids=lambda b: b.id)
 def test_walkthrough_runs_as_written(block: Walkthrough, tmp_path: Path) -> None:
+    assert (REPO / ".venv" / "bin" / "activate").is_file(), "the walk-throughs use the repository's .venv: run " \
+        "scripts/setup.sh first"
     workdir = fresh_clone(tmp_path / "clone")
     where = f"README block '{block.id}' (README.md line {block.line})"
     with port_locks(ports(block.code)):
