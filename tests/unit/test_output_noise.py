@@ -34,7 +34,7 @@ def test_our_messages_pass_library_info_does_not(stream):
     logging.getLogger("trainer.train").info("step 1 done")
     logging.getLogger("httpx").info('HTTP Request: POST http://x/v1/score "HTTP/1.1 200 OK"')
     logging.info("Parsing model identifier. Schema: None")  # open_clip logs on the root logger
-    logging.getLogger("urllib3").warning("a real problem")
+    logging.getLogger("a_library.sub").warning("a real problem")
     logging.warning("No pretrained weights loaded for model 'x'")  # open_clip, misleading for us
     text = stream.getvalue()
     assert "step 1 done" in text and "a real problem" in text
