@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "reward_server.queue.cli",
     "trainer.cli",
     "trainer.evaluation.cli",
+    "trainer.datagen.cli",
 ]
 DEFAULT_LOG_LEVEL = "INFO"
 

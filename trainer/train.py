@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,21 +95,12 @@ class FlowGRPOTrainer:
         self.monitor.close()
         return self.summary()
 
-    @contextlib.contextmanager
-    def _cpu_threads(self) -> Iterator[None]:
+    def _cpu_threads(self) -> contextlib.AbstractContextManager:
         """Use ``model.cpu_threads`` torch threads during training on the CPU, then restore."""
-        import torch
+        from reward_server.models.device import torch_threads
 
-        wanted = self.cfg.model.cpu_threads
-        if not wanted or self.acc.device.type != "cpu":
-            yield
-            return
-        before = torch.get_num_threads()
-        torch.set_num_threads(wanted)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
+        on_cpu = self.acc.device.type == "cpu"
+        return torch_threads(self.cfg.model.cpu_threads if on_cpu else None)
 
     def train_step(self, step: int) -> dict[str, float]:
         """One step: sample, score, advantages, optimise; then log and maybe checkpoint."""

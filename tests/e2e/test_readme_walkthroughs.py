@@ -2,7 +2,8 @@
 
 Every fenced ```bash block of README.md that is immediately preceded by the line
 ``<!-- walkthrough -->`` is run with bash in a new shell: a clean environment, a fresh copy of the
-repository as the working folder (a user's clone, with the repository's ``.venv``), ``set -e``.
+repository as the working folder (a user's clone, with the repository's ``.venv``, activated with
+``source .venv/bin/activate`` as the README's top says), ``set -e``.
 The test asserts that the block succeeds, creates what its commands say they write (``--out``,
 ``make-tiny DIR``, ``run.output_dir=...``), prints no traceback or library noise, leaves no process
 running, and that whatever it creates is ignored by git. A failure names the block, the command
@@ -155,7 +156,8 @@ def failed_command(output: str) -> str:
 def run_block(block: Walkthrough, workdir: Path, scratch: Path, grace_s: float = STOP_GRACE_S) -> tuple[int, str, bool]:
     """Run the block in a new session; returns (exit code, output, whether it left processes running)."""
     script = scratch / "walkthrough.sh"
-    script.write_text(f"set -euo pipefail\nPS4={shlex.quote(TRACE)}\nset -x\n{block.code}\n")  # root ignores PS4 from env
+    script.write_text(  # as the README's top says: activate the environment in every new shell
+        f"set -euo pipefail\nsource .venv/bin/activate\nPS4={shlex.quote(TRACE)}\nset -x\n{block.code}\n")
     home = scratch / "home"
     home.mkdir(exist_ok=True)
     log = scratch / "output.log"  # a file, not a pipe: a background job left running must not hold us up
@@ -202,15 +204,21 @@ def test_the_readme_has_walkthroughs_and_the_parser_finds_them():
 
 
 def test_the_runner_names_the_failing_command_and_sees_leftover_processes(tmp_path):
-    (tmp_path / "w").mkdir()
+    def workdir(name: str) -> Path:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / ".venv").symlink_to(REPO / ".venv")
+        (tmp_path / f"{name}-scratch").mkdir()
+        return tmp_path / name
+
     block = Walkthrough("t", 1, "echo one\nfalse   # fails\necho never")
-    code, output, leftover = run_block(block, tmp_path / "w", tmp_path)
+    code, output, leftover = run_block(block, workdir("w"), tmp_path / "w-scratch")
     assert code == 1 and failed_command(output) == "false" and "never" not in output and not leftover
-    (tmp_path / "v").mkdir()
-    code, output, leftover = run_block(Walkthrough("t", 1, "sleep 60 &\necho started"), tmp_path / "v",
-                                       tmp_path / "v", grace_s=0.2)
+    code, output, leftover = run_block(Walkthrough("t", 1, "sleep 60 &\necho started"), workdir("v"),
+                                       tmp_path / "v-scratch", grace_s=0.2)
     assert code == 0 and leftover
-    assert "VIRTUAL_ENV" not in run_block(Walkthrough("t", 1, "env"), tmp_path / "v", tmp_path / "w")[1]
+    env = run_block(Walkthrough("t", 1, "env; command -v psr"), workdir("e"), tmp_path / "e-scratch")[1]
+    assert f"VIRTUAL_ENV={REPO / '.venv'}" in env and "PYTEST_CURRENT_TEST" not in env and "PYTHONPATH" not in env
+    assert f"{REPO / '.venv'}/bin/psr" in env
 
 
 def test_walkthroughs_do_not_share_ports():
