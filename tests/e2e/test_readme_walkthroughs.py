@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -114,13 +115,31 @@ def ports(code: str) -> list[int]:
     return sorted(found)
 
 
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 @contextlib.contextmanager
-def port_locks(numbers: list[int]) -> Iterator[None]:
-    """Serialise blocks that use the same port across test runs on one machine (shared dev hosts)."""
+def port_locks(numbers: list[int], wait_s: float = 120.0) -> Iterator[None]:
+    """Serialise blocks that use the same port across test runs on one machine (shared dev hosts),
+    and wait for anything else on those ports to go: a server of the block that cannot bind would
+    leave its clients talking to a stranger."""
     with contextlib.ExitStack() as stack:
         for port in numbers:
             handle = stack.enter_context(open(Path(tempfile.gettempdir()) / f"psr-walkthrough-port-{port}.lock", "w"))
             fcntl.flock(handle, fcntl.LOCK_EX)
+        deadline = time.monotonic() + wait_s
+        busy = [p for p in numbers if not port_free(p)]
+        while busy and time.monotonic() < deadline:
+            time.sleep(1)
+            busy = [p for p in busy if not port_free(p)]
+        if busy:
+            pytest.fail(f"ports {busy} that the block uses are taken by another process on this machine")
         yield
 
 
@@ -149,7 +168,8 @@ def new_shell_env(home: Path) -> dict[str, str]:
 
 
 def failed_command(output: str) -> str:
-    traced = [line[len(TRACE):] for line in output.splitlines() if line.startswith(TRACE)]
+    """The last command bash traced (a trace may follow output that did not end its line)."""
+    traced = [line[line.index(TRACE) + len(TRACE):] for line in output.splitlines() if TRACE in line]
     return traced[-1] if traced else "(before the first command)"
 
 
@@ -210,7 +230,7 @@ def test_the_runner_names_the_failing_command_and_sees_leftover_processes(tmp_pa
         (tmp_path / f"{name}-scratch").mkdir()
         return tmp_path / name
 
-    block = Walkthrough("t", 1, "echo one\nfalse   # fails\necho never")
+    block = Walkthrough("t", 1, "echo one\nprintf 'no newline'\nfalse   # fails\necho never")
     code, output, leftover = run_block(block, workdir("w"), tmp_path / "w-scratch")
     assert code == 1 and failed_command(output) == "false" and "never" not in output and not leftover
     code, output, leftover = run_block(Walkthrough("t", 1, "sleep 60 &\necho started"), workdir("v"),
