@@ -19,13 +19,26 @@ class StrictModel(BaseModel):
     """Base for every config section: unknown keys raise, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
-    # where the values came from ("rewards.yaml", "rewards.yaml with --set ..."), for error messages
-    _source: str | None = PrivateAttr(default=None)
+    # Set by ``load_config`` on the top-level model: the YAML file and the keys given with --set
+    # (relative paths follow the rule in ``shared.paths``).
+    _source: Path | None = PrivateAttr(default=None)
+    _cli_keys: frozenset[str] = PrivateAttr(default_factory=frozenset)
 
     @property
-    def source(self) -> str:
-        """The file (and overrides) this config was read from, for messages; "the configuration" if built in code."""
-        return self._source or "the configuration"
+    def source(self) -> Path | None:
+        """The YAML file this config was read from (``None`` when built in code)."""
+        return self._source
+
+    def path_base(self, key: str) -> Path:
+        """Where a relative path under dotted ``key`` starts: cwd for ``--set`` values, else the file's folder."""
+        if self._source is None or any(key == k or key.startswith(k + ".") for k in self._cli_keys):
+            return Path.cwd()
+        return self._source.resolve().parent
+
+
+# Marks a config field that names a checkpoint or file (hub id or local path): checked by
+# ``shared.paths.check_model_ref`` and resolved by the relative-path rule.
+MODEL_REF = {"model_ref": True}
 
 
 class ConfigError(ValueError):
@@ -79,9 +92,6 @@ def load_config(
     pairs = parse_overrides(overrides or [])
     for key, value in pairs:
         set_dotted(data, key, value)
-    source = str(path) if path is not None else "the configuration"
-    if pairs:
-        source += " with --set " + ", ".join(k for k, _ in pairs)
     try:
         config = model.model_validate(data)
     except ValidationError as exc:
@@ -95,7 +105,8 @@ def load_config(
                 lines.append(f"{origin}: {where}: {text}" if where else f"{origin}: {text}")
         raise ConfigError("\n".join(lines)) from None
     if isinstance(config, StrictModel):
-        config._source = source
+        config._source = Path(path) if path is not None else None
+        config._cli_keys = frozenset(key for key, _ in pairs)
     return config
 
 

@@ -14,6 +14,7 @@ from trainer.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.monitor import Monitor, StepTimer, score_grid
 from trainer.policy import build_policy
+from trainer.preflight import check_hosted_rewards
 from trainer.rollout import load_items, pick_items, sample_group_batch, submit_scores
 from trainer.scoring import StepScores
 from trainer.update import optimise, optimizer_steps_per_epoch
@@ -39,6 +40,7 @@ class FlowGRPOTrainer:
     def __init__(self, cfg: TrainConfig, reward_client: Any = None, base_dir: Path = Path(".")):
         self.cfg = cfg
         self.client = reward_client if reward_client is not None else make_reward_client(cfg)
+        check_hosted_rewards(self.client, cfg)  # before the generator loads (minutes for a real one)
         self.items = load_items(cfg.data, base_dir)
         opt_steps = optimizer_steps_per_epoch(cfg) * cfg.grpo.inner_epochs
         self.policy = build_policy(cfg, opt_steps * cfg.run.steps)
