@@ -79,13 +79,18 @@ def test_model_library_switches_are_set_for_later_imports(stream, monkeypatch):
 
 
 def test_no_deprecated_torch_dtype_keyword() -> None:
-    """transformers 5 warns "`torch_dtype` is deprecated! Use `dtype` instead!" (diffusers takes both)."""
+    """transformers 5 warns "`torch_dtype` is deprecated! Use `dtype` instead!" (diffusers takes both).
+    Flags ``f(torch_dtype=x)`` and ``{"torch_dtype": x}`` built for a call; a config.json written as
+    a literal (``"torch_dtype": "float32"``, as checkpoints ship it) is data, not a call."""
     found = []
     for path in OURS:
         for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.keyword) and node.arg == "torch_dtype") or (
-                    isinstance(node, ast.Constant) and node.value == "torch_dtype"):
-                found.append(f"{path.relative_to(REPO)}:{node.lineno if hasattr(node, 'lineno') else '?'}")
+            if isinstance(node, ast.keyword) and node.arg == "torch_dtype":
+                found.append(f"{path.relative_to(REPO)}:{node.value.lineno}")
+            elif isinstance(node, ast.Dict):
+                for key, value in zip(node.keys, node.values, strict=True):
+                    if isinstance(key, ast.Constant) and key.value == "torch_dtype" and not isinstance(value, ast.Constant):
+                        found.append(f"{path.relative_to(REPO)}:{key.lineno}")
     assert not found, f"torch_dtype passed at {found}; use dtype="
 
 
