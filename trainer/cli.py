@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from shared.client import RewardServiceError
     from shared.config import ConfigError, load_config
     from trainer.config import TrainConfig
     from trainer.grpo import RequiredRewardFailed
@@ -70,8 +71,8 @@ def _train(args: argparse.Namespace) -> int:
             resume=args.resume,
             base_dir=Path(args.config).resolve().parent,
         )
-    except (RequiredRewardFailed, RewardRequestRefused, ValueError, FileNotFoundError) as exc:
-        print(f"psr train: {exc}", file=sys.stderr)
+    except (RequiredRewardFailed, RewardRequestRefused, RewardServiceError, ValueError, FileNotFoundError) as exc:
+        print(f"psr train: {exc}", file=sys.stderr)  # RewardServiceError: e.g. rewards not ready in time
         return 1
     if not summary["main_process"]:
         return 0
