@@ -48,7 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     demo = subparsers.add_parser("demo", help="the main job on tiny models: no GPU, no Redis, no downloads")
     demo.add_argument("--workdir", default="psr-demo", help="where models, logs and images go")
-    demo.add_argument("--steps", type=int, default=None, help="RL steps (default: the tiny config's)")
+    demo.add_argument("--steps", type=int, default=None, help="RL steps (default: the tiny config's; recipe: 3)")
+    demo.add_argument("--recipe", action="store_true",
+                      help="the whole recipe instead: data -> SFT -> GRPO from the SFT LoRA -> export -> PSRBench")
+    demo.add_argument("--sft-steps", type=int, default=20, help="SFT steps of --recipe (default: %(default)s)")
+    demo.add_argument("--items", type=int, default=2,
+                      help="--recipe: synthetic items per task type, 7 task types (default: %(default)s)")
     demo.set_defaults(func=cmd_demo)
 
 
@@ -158,5 +163,13 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from trainer.demo import run_demo
+    from trainer.recipe import run_recipe
+    from trainer.run import TrainingInterrupted
 
-    return run_demo(Path(args.workdir), steps=args.steps)
+    try:
+        if args.recipe:
+            return run_recipe(Path(args.workdir), args.sft_steps, args.steps or 3, args.items)
+        return run_demo(Path(args.workdir), steps=args.steps)
+    except TrainingInterrupted as exc:
+        print(f"psr demo: {exc}", file=sys.stderr)
+        return 130

@@ -1,7 +1,7 @@
 """What ``psr train`` checks before any weights load: paths, placeholders, and the reward server.
 
-Relative paths follow ``shared.paths``' rule: ``model.path``, ``data.file`` and
-``run.output_dir`` written in the config file start at its folder; given with ``--set`` they
+Relative paths follow ``shared.paths``' rule: ``model.path``, ``model.init_lora``, ``data.file``
+and ``run.output_dir`` written in the config file start at its folder; given with ``--set`` they
 start at the current folder.
 """
 
@@ -27,6 +27,8 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     out = cfg.model_copy(deep=True)
     out.model.path = resolve_path(cfg.model.path, cfg.path_base("model.path"))
     out.run.output_dir = resolve_path(cfg.run.output_dir, cfg.path_base("run.output_dir"), always_local=True)
+    if cfg.model.init_lora:
+        out.model.init_lora = resolve_path(cfg.model.init_lora, cfg.path_base("model.init_lora"), always_local=True)
     if cfg.data.file and not cfg.data.file.startswith(PLACEHOLDER):
         out.data.file = resolve_path(cfg.data.file, cfg.path_base("data.file"), always_local=True)
     out._source, out._cli_keys = cfg._source, cfg._cli_keys
@@ -49,6 +51,11 @@ def check_train_config(cfg: TrainConfig, rewards_config: str | Path | None = Non
             raise ConfigError(f"{where(src, 'model.device')}: {exc}; set it to auto or cpu") from None
     if cfg.data.file and not Path(cfg.data.file).exists():
         raise MissingPathError(f"{where(src, 'data.file')}: {cfg.data.file} does not exist; {_FIXES['data.file']}")
+    if cfg.model.init_lora and not Path(cfg.model.init_lora).exists():
+        raise MissingPathError(f"{where(src, 'model.init_lora')}: {cfg.model.init_lora} does not exist; give a psr "
+                               "train checkpoint folder (run.output_dir/checkpoints/step-N) or a PEFT adapter folder")
+    if cfg.algorithm == "sft":
+        return  # no reward server
     if not cfg.rewards.url:
         raise ConfigError(f"{where(src, 'rewards.url')}: not set; point it at a reward server, "
                           "e.g. --set rewards.url=http://127.0.0.1:8000")

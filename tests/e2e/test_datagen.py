@@ -125,7 +125,7 @@ def test_output_trains_and_benchmarks(reference, tiny, server, tmp_path):
          "run.save_every=2", "run.image_every=100"],
     )
     result = run_training(cfg, progress=False)
-    assert result["steps"] == [0, 1] and all(r == r for r in result["reward_mean"])
+    assert result["steps"] == [1, 2] and all(r == r for r in result["reward_mean"])
     assert (Path(result["checkpoint"]) / "lora.safetensors").is_file()
 
 

@@ -213,7 +213,7 @@ BLOCKS = parse_walkthroughs(README.read_text())
 
 def test_the_readme_has_walkthroughs_and_the_parser_finds_them():
     ids = [b.id for b in BLOCKS]
-    assert any(i.startswith("training") for i in ids) and any(i.startswith("psrbench") for i in ids), ids
+    assert any(i.startswith("psrbench") for i in ids) and len(ids) >= 2, ids
     sample = f"# A\n{MARKER}\n```bash\npsr make-tiny m   # c\npsr x --out o \\\n   --y 1\n```\n## B\n{MARKER}\n"
     with pytest.raises(ValueError, match="must be followed directly"):
         parse_walkthroughs(sample)

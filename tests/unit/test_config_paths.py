@@ -165,12 +165,13 @@ def test_preflight_names_rewards_the_server_lacks():
 
 
 def test_trainer_checks_the_server_before_loading_the_generator(monkeypatch):
+    import trainer.run
     import trainer.train as train
 
     def no_generator(*_a, **_k):
         raise AssertionError("the generator was loaded before the reward check")
 
-    monkeypatch.setattr(train, "build_policy", no_generator)
+    monkeypatch.setattr(trainer.run, "build_policy", no_generator)
     cfg = load_config(TrainConfig, TINY_CPU, ["model.path=x", "rewards.url=http://h:1"])
     with pytest.raises(RewardRequestRefused, match="brightness"):
         train.FlowGRPOTrainer(cfg, _Lister(["judge"]))

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--lora", default=None,
                      help="LoRA to apply: a PEFT adapter folder or a `psr train` checkpoint (folder or lora.safetensors)")
     gen.add_argument("--lora-alpha", type=float, default=None,
-                     help="lora.alpha of the training config (needed for `psr train` checkpoints)")
+                     help="lora.alpha of the training config (only for a bare lora.safetensors without lora.json beside it)")
     gen.add_argument("--steps", type=positive_int, default=28, help="sampling steps")
     gen.add_argument("--size", type=image_side, default=512, help="output side in pixels (multiple of 16)")
     gen.add_argument("--ref-size", type=image_side, default=None,
@@ -60,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     syn = sub.add_parser("make-synthetic", help="write a tiny synthetic PSRBench set (with results) for trying")
     syn.add_argument("dir", help="output folder")
     syn.add_argument("--items", type=int, default=2, help="items per subset")
+    syn.add_argument("--dataset", action="store_true",
+                     help="write a training dataset instead: DIR/dataset.json with target images and tasks "
+                          "(the format psr datagen writes; SFT, GRPO and psr bench read it)")
     syn.add_argument("--size", type=int, default=64, help="image side")
     syn.add_argument("--seed", type=int, default=0, help="seed of the synthetic images")
     syn.set_defaults(func=cmd_make_synthetic)
@@ -190,8 +193,12 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
-    from trainer.evaluation.synthetic import make_synthetic_bench
+    from trainer.evaluation.synthetic import make_synthetic_bench, make_synthetic_dataset
 
+    if args.dataset:
+        path = make_synthetic_dataset(args.dir, args.items, args.size, args.seed)
+        print(f"wrote a synthetic training dataset to {path}")
+        return 0
     root = make_synthetic_bench(args.dir, args.items, args.size, args.seed)
     print(f"wrote a synthetic PSRBench set to {root} (results: {root / 'results' / 'results.json'})")
     return 0
