@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from reward_server.config import ServerConfig
-from reward_server.registry import build_rewards, load_rewards
+from reward_server.registry import build_rewards, check_rewards, load_rewards
 from shared.cli import main
 from shared.config import ConfigError, load_config
 from shared.paths import MissingPathError, looks_local, resolve_path
@@ -190,3 +190,30 @@ def test_train_on_a_missing_gpu_is_one_line(capsys, tiny_config):
                         "--set", f"model.path={tiny_config.parent / 'generator'}", "--set", "rewards.url=http://h:1")
     line = one_line_error(out)
     assert code == 2 and "model.device" in line and "CUDA is not available" in line
+
+
+def test_aesthetic_head_follows_the_path_rule(tmp_path, monkeypatch, tiny_server_config):
+    """Before: a relative options.head was opened from the working directory (not the config's folder)
+    and a missing one passed --check, failing only when the model loaded."""
+    import shutil
+
+    tiny = tiny_server_config.rewards["aesthetic"]
+    folder, elsewhere = tmp_path / "cfg", tmp_path / "elsewhere"
+    (folder / "heads").mkdir(parents=True)
+    elsewhere.mkdir()
+    shutil.copy(tiny.options["head"], folder / "heads" / "h.safetensors")
+    shutil.copytree(tiny.model, folder / "clip")
+    shutil.copy(tiny.options["head"], folder / "clip" / "inside.safetensors")
+    path = folder / "rewards.yaml"
+    path.write_text(yaml.safe_dump({"rewards": {
+        "a": {"type": "aesthetic", "model": tiny.model, "options": {"head": "heads/h.safetensors"}},
+        "b": {"type": "aesthetic", "model": "./clip", "options": {"head": "inside.safetensors"}},  # inside the model
+        "c": {"type": "aesthetic", "model": tiny.model, "options": {"head": "heads/typo.safetensors"}},
+    }}))
+    monkeypatch.chdir(elsewhere)
+    rewards = build_rewards(load_config(ServerConfig, path))
+    assert rewards["a"].options.head == str(folder / "heads" / "h.safetensors")
+    assert rewards["b"].options.head == str(folder / "clip" / "inside.safetensors")
+    check_rewards({"a": rewards["a"], "b": rewards["b"]})
+    with pytest.raises(MissingPathError, match=r"rewards\.c\.options\.head: local path .*cfg/heads/typo\.safetensors"):
+        check_rewards({"c": rewards["c"]})
