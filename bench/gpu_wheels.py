@@ -1,0 +1,108 @@
+"""The wheels `bench/gpu_suite.py` needs on a GPU machine that has only torch and transformers.
+
+    python -m bench.gpu_wheels [--out .gpu-wheels]      # here, with the project's .venv and PyPI
+    bash bench/gpu_check.sh                              # there, from the repository root, offline
+
+What to carry is computed, not listed by hand: every distribution this project needs (``psr``
+with its ``server`` and ``trainer`` extras, followed through each package's own requirements as
+installed in this environment, i.e. the versions CI tests) except those the GPU machine already
+has (``MACHINE_HAS``: torch and its CUDA stack, torchvision, numpy, scipy, Pillow, matplotlib,
+tensorboard; see shared/ENVIRONMENT.md "The GPU machine"). transformers is carried too, so the GPU
+run uses the version CI tests. Each is downloaded with ``pip download --no-deps`` as a wheel for
+CPython 3.12 on x86-64 Linux (about 40 MB in all). ``bench/gpu_check.sh`` installs them with
+``pip install --no-index --no-deps --target`` into ``.gpu-site`` (put first on ``PYTHONPATH``, so
+nothing of the machine's own environment is changed) and runs the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+TARGET = {"python_version": "3.12", "python_full_version": "3.12.3", "implementation_name": "cpython",
+          "platform_python_implementation": "CPython", "sys_platform": "linux", "platform_system": "Linux",
+          "platform_machine": "x86_64", "os_name": "posix"}
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
+# Already on the GPU machine (large, or tied to its CUDA build): not carried.
+MACHINE_HAS = re.compile(
+    r"^(torch|torchvision|triton|nvidia-.*|cuda-.*|numpy|scipy|pillow|matplotlib|contourpy|cycler|fonttools|"
+    r"kiwisolver|pyparsing|python-dateutil|six|tensorboard|tensorboard-data-server|grpcio|protobuf|werkzeug|"
+    r"markdown|absl-py|sympy|mpmath|networkx|jinja2|markupsafe|setuptools)$"
+)
+ROOT = "psr"
+EXTRAS = ("server", "trainer")
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _applies(req: Requirement, extras: tuple[str, ...]) -> bool:
+    if req.marker is None:
+        return True
+    return any(req.marker.evaluate({**TARGET, "extra": extra}) for extra in ("", *extras))
+
+
+def needed() -> dict[str, str | None]:
+    """Distribution name -> version installed here (``None``: not installed here, e.g. needed only
+    on Python 3.12), for everything the project needs on the GPU machine that it lacks."""
+    out: dict[str, str | None] = {}
+    todo: list[tuple[str, tuple[str, ...]]] = [(ROOT, EXTRAS)]
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    while todo:
+        name, extras = todo.pop()
+        if (canonical(name), extras) in seen:
+            continue
+        seen.add((canonical(name), extras))
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            out.setdefault(canonical(name), None)
+            continue
+        if canonical(name) != ROOT:
+            out[canonical(name)] = dist.version
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if not _applies(req, extras):
+                continue
+            if MACHINE_HAS.match(canonical(req.name)):
+                continue
+            todo.append((req.name, tuple(sorted(req.extras))))
+    return dict(sorted(out.items()))
+
+
+def download(out: Path, wanted: dict[str, str | None]) -> None:
+    specs = [f"{name}=={version}" if version else name for name, version in wanted.items()]
+    platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version",
+                    "3.12", "--implementation", "cp", "--abi", "cp312", "--abi", "abi3", "--abi", "none", *platforms,
+                    "--dest", str(out), "--quiet", "--quiet", *specs], check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=".gpu-wheels", help="folder for the wheels (git-ignored by default)")
+    parser.add_argument("--list", action="store_true", help="print what would be carried and stop")
+    args = parser.parse_args(argv)
+    wanted = needed()
+    if args.list:
+        print("\n".join(f"{n}=={v}" if v else n for n, v in wanted.items()))
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    download(out, wanted)
+    wheels = sorted(out.glob("*.whl"))
+    size = sum(w.stat().st_size for w in wheels) / 2**20
+    print(f"{len(wheels)} wheels ({size:.0f} MiB) in {out} for {len(wanted)} distributions; on the GPU machine, "
+          f"from the repository root: bash bench/gpu_check.sh")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
