@@ -20,10 +20,10 @@ reports its error; the others still run):
 
 Without a GPU (and without ``--dry-run``) it prints ``{"skipped": ...}`` and exits 0. The dry run builds
 the same models the same way (random weights from configs, on the device, in the run's dtype) at
-tiny sizes, so a GPU run fails only on what needs a GPU. HPSv3's prompt (a 430-word instruction)
-is tokenised by a BPE trained on it (about one token per word, as Qwen's tokenizer gives) so the
-sequence has its real length; the judge's short prompt keeps the tiny byte-level tokenizer (~100
-text tokens beside 3 x 256 image tokens). ``tokens_per_prompt`` / ``tokens_per_sample`` report both.
+tiny sizes, so a GPU run fails only on what needs a GPU. The tiny HPSv3 tokenizer spells each word
+of HPSv3's 430-word instruction in about one token, as Qwen's does, so the sequence has about its
+real length; the judge's short prompt is spelt in bytes (~100 text tokens beside 3 x 256 image
+tokens). ``tokens_per_prompt`` / ``tokens_per_sample`` report both.
 
 On a machine with only torch + transformers: ``python -m bench.gpu_wheels`` (where PyPI is
 reachable) writes the wheels to carry, ``bash bench/gpu_check.sh`` installs them beside the
@@ -119,28 +119,6 @@ def built_on(device: torch.device, dtype: torch.dtype):
             yield
     finally:
         torch.set_default_dtype(before)
-
-
-def word_tokenizer(texts: list[str]):
-    """A byte-level BPE trained on ``texts`` plus Qwen's special tokens: about one token per word, as
-    Qwen's 151k vocabulary gives on English, so prompts have their real length without the real
-    tokenizer files (the tiny tokenizer spends a token per byte: ~4x the real count)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
-
-    from reward_server.tiny._tokenizers import QWEN_SPECIALS
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=4096, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    model = json.loads(bpe.to_str())["model"]
-    vocab = dict(model["vocab"])
-    vocab.update({special: len(vocab) + i for i, special in enumerate(QWEN_SPECIALS)})
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, model_max_length=32768)
-    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIALS[1:])})
-    return tokenizer
 
 
 def flux_config(real: bool) -> dict:
@@ -277,15 +255,11 @@ def judge(ctx: dict) -> dict:
 
 def _hpsv3_rate(ctx: dict) -> dict:
     """HPSv3Model as the reward runs it, on random weights of the real size (no 16 GB file read)."""
-    import shutil
-
-    from reward_server.models.hpsv3 import HPSv3Model, hpsv3_text
+    from reward_server.models.hpsv3 import HPSv3Model
 
     device, dtype, real = ctx["device"], ctx["dtype"], ctx["real"]
     prompts = ["a dog next to a cup", "a photo of a red teapot and a green cup on a wooden table"]
-    base = ctx["work"] / "hpsv3-base"  # the tiny base's processor files with a word-level tokenizer
-    shutil.copytree(ctx["tiny"] / "hpsv3" / "base", base, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.safetensors"))
-    word_tokenizer([hpsv3_text(p) for p in prompts]).save_pretrained(base)
+    base = ctx["tiny"] / "hpsv3" / "base"  # processor files; its tokenizer spells the template's words as Qwen's does
 
     class RandomHPSv3(HPSv3Model):
         def model_config(self, base_model):
@@ -398,7 +372,8 @@ def overlap(ctx: dict) -> dict:
     from trainer.train import FlowGRPOTrainer
 
     server, url = serve(ctx["latency"], 8)
-    small = [] if ctx["real"] else ["sampling.group_size=2", "sampling.num_steps=2", "optim.train_batch_size=4"]
+    small = [] if ctx["real"] else ["sampling.group_size=2", "sampling.num_steps=2", "optim.train_batch_size=4",
+                                    "grpo.train_timesteps=[1]"]
     try:
         trainers = {
             mode: FlowGRPOTrainer(tiny_run_config(ctx["tiny"] / "generator", url, ctx["work"] / f"overlap-{mode}", [

@@ -34,8 +34,8 @@ def test_dry_run_runs_every_section(tiny_config, tmp_path, capsys):
         assert serving["served_images_per_s"] > 0 and serving["bare_images_per_s"] > 0
         assert report["bf16"][name]["max_abs_diff"] < 0.1
     assert report["judge"]["judgements_per_s"] > 0 and report["judge"]["hpsv3"]["scores_per_s"] > 0
-    # HPSv3's prompt at its real length: ~520 word tokens + 256 image tokens (the byte tokenizer gave ~3000)
-    assert 700 < report["judge"]["hpsv3"]["tokens_per_sample"] < 900
+    # HPSv3 at about its real length: ~550 template tokens + 256 image tokens (in bytes it was ~3,100)
+    assert 700 < report["judge"]["hpsv3"]["tokens_per_sample"] < 1000
     assert report["flux"]["step_s"] > 0 and report["flux"]["sequence"] > 0
     assert set(report["subject"]["batch_2"]) >= {"detect", "crop", "embed", "assign"}
     assert all(0 <= report["overlap"][m]["reward_wait_fraction"] <= 1 for m in ("blocking", "overlapped"))

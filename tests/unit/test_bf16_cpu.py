@@ -7,13 +7,13 @@ differences past these tolerances, each about 10x what this test measured on the
 
 * preprocessing: each value within 2^-8 of its magnitude (one bf16 rounding);
 * clip_t 0.02 (measured 2.3e-3: its logit scale multiplies the cosine), aesthetic 2e-3 (1.1e-4),
-  DINO-I 2e-3 (1.0e-4), HPSv2 5e-3 (3.9e-4), HPSv3 mu 0.01 (1.2e-3), judge 1e-3 (1.8e-5: the tiny
+  DINO-I 2e-3 (1.0e-4), HPSv2 5e-3 (3.9e-4), HPSv3 mu 0.05 (4.8e-3), judge 1e-3 (1.8e-5: the tiny
   judge's digit distribution is nearly flat), subject consistency with given boxes (the embedder
   path) 2e-3 (1.4e-4);
 * subject consistency with the tiny random detectors 0.1 (measured 6e-3): a box whose confidence
   sits at a threshold may be kept in one dtype and dropped in the other;
 * structure: a bf16 reward holds bf16 weights, and HPSv3's head stays float32 and reads float32
-  hidden states as the authors run it (a bf16 head moves mu by only ~2e-3, inside the tolerance,
+  hidden states as the authors run it (a bf16 head moved mu by 2e-3, inside the tolerance,
   so it is checked directly);
 * trainer: the LoRA gradient of one update in bf16 points the same way as in fp32 (cosine > 0.99,
   norms within 5 %), LoRA weights stay fp32 and the frozen transformer is bf16.
@@ -37,7 +37,7 @@ from tests.reward_contract import make_sample
 # reward -> (atol, rtol). pickscore and clip_i share clip_t's / aesthetic's CLIP code paths.
 TOLERANCE = {
     "clip_t": (0.02, 0), "aesthetic": (2e-3, 0), "dino_i": (2e-3, 0), "hpsv2": (5e-3, 0),
-    "hpsv3": (0.01, 0), "judge": (1e-3, 0), "subject_fixed": (2e-3, 0),
+    "hpsv3": (0.05, 0), "judge": (1e-3, 0), "subject_fixed": (2e-3, 0),
     "subject": (0.1, 0), "subject_owl": (0.1, 0),
 }
 HEAVY = {"hpsv3", "judge", "subject", "subject_owl"}  # one sample: bf16 matmuls are slow on CPUs
