@@ -3,9 +3,9 @@
     python -m bench.gpu_wheels [--out .gpu-wheels]      # here, with the project's .venv and PyPI
     bash bench/gpu_check.sh                              # there, from the repository root, offline
 
-What to carry is computed, not listed by hand: every distribution this project needs (``psr``
-with its ``server`` and ``trainer`` extras, followed through each package's own requirements as
-installed in this environment, i.e. the versions CI tests) except those the GPU machine already
+What to carry is computed, not listed by hand: every distribution this project needs (pyproject.toml's
+dependencies with the ``server`` and ``trainer`` extras, followed through each package's own
+requirements as installed in this environment, i.e. the versions CI tests) except those the GPU machine already
 has (``MACHINE_HAS``: torch and its CUDA stack, torchvision, numpy, scipy, Pillow, matplotlib,
 tensorboard; see shared/ENVIRONMENT.md "The GPU machine"). transformers is carried too, so the GPU
 run uses the version CI tests. Each is downloaded with ``pip download --no-deps`` as a wheel for
@@ -37,6 +37,7 @@ MACHINE_HAS = re.compile(
 )
 ROOT = "psr"
 EXTRAS = ("server", "trainer")
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 
 def canonical(name: str) -> str:
@@ -49,31 +50,37 @@ def _applies(req: Requirement, extras: tuple[str, ...]) -> bool:
     return any(req.marker.evaluate({**TARGET, "extra": extra}) for extra in ("", *extras))
 
 
-def needed() -> dict[str, str | None]:
+def project_requirements(pyproject: Path = PYPROJECT) -> list[str]:
+    """The project's own requirements with the ``EXTRAS``, read from pyproject.toml (not from the
+    installed metadata, which is as old as the last ``pip install -e``)."""
+    import tomllib
+
+    project = tomllib.loads(pyproject.read_text())["project"]
+    lines = list(project["dependencies"])
+    for extra in EXTRAS:
+        lines += [line for line in project["optional-dependencies"][extra] if canonical(Requirement(line).name) != ROOT]
+    return lines
+
+
+def needed(pyproject: Path = PYPROJECT) -> dict[str, str | None]:
     """Distribution name -> version installed here (``None``: not installed here, e.g. needed only
     on Python 3.12), for everything the project needs on the GPU machine that it lacks."""
     out: dict[str, str | None] = {}
-    todo: list[tuple[str, tuple[str, ...]]] = [(ROOT, EXTRAS)]
+    todo = [Requirement(line) for line in project_requirements(pyproject)]
     seen: set[tuple[str, tuple[str, ...]]] = set()
     while todo:
-        name, extras = todo.pop()
-        if (canonical(name), extras) in seen:
+        req = todo.pop()
+        key = (canonical(req.name), tuple(sorted(req.extras)))
+        if not _applies(req, ()) or MACHINE_HAS.match(key[0]) or key in seen:
             continue
-        seen.add((canonical(name), extras))
+        seen.add(key)
         try:
-            dist = md.distribution(name)
+            dist = md.distribution(req.name)
         except md.PackageNotFoundError:
-            out.setdefault(canonical(name), None)
+            out.setdefault(key[0], None)
             continue
-        if canonical(name) != ROOT:
-            out[canonical(name)] = dist.version
-        for line in dist.requires or []:
-            req = Requirement(line)
-            if not _applies(req, extras):
-                continue
-            if MACHINE_HAS.match(canonical(req.name)):
-                continue
-            todo.append((req.name, tuple(sorted(req.extras))))
+        out[key[0]] = dist.version
+        todo += [r for r in map(Requirement, dist.requires or []) if _applies(r, key[1])]
     return dict(sorted(out.items()))
 
 
