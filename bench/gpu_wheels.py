@@ -3,15 +3,15 @@
     python -m bench.gpu_wheels [--out .gpu-wheels]      # here, with the project's .venv and PyPI
     bash bench/gpu_check.sh                              # there, from the repository root, offline
 
-What to carry is computed, not listed by hand: every distribution this project needs (pyproject.toml's
-dependencies with the ``server`` and ``trainer`` extras, followed through each package's own
-requirements as installed in this environment, i.e. the versions CI tests) except those the GPU machine already
-has (``MACHINE_HAS``: torch and its CUDA stack, torchvision, numpy, scipy, Pillow, matplotlib,
-tensorboard; see shared/ENVIRONMENT.md "The GPU machine"). transformers is carried too, so the GPU
-run uses the version CI tests. Each is downloaded with ``pip download --no-deps`` as a wheel for
-CPython 3.12 on x86-64 Linux (about 40 MB in all). ``bench/gpu_check.sh`` installs them with
-``pip install --no-index --no-deps --target`` into ``.gpu-site`` (put first on ``PYTHONPATH``, so
-nothing of the machine's own environment is changed) and runs the suite.
+What to carry is computed, not listed by hand: every distribution this project needs
+(pyproject.toml's dependencies with the ``server`` and ``trainer`` extras, followed through each
+package's own requirements as installed in this environment, i.e. the versions CI tests) except
+those the GPU machine already has (``MACHINE_HAS``: torch and its CUDA stack, torchvision, numpy,
+scipy, Pillow, matplotlib, tensorboard; see shared/ENVIRONMENT.md "The GPU machine"). transformers
+is carried too, so the GPU run uses the version CI tests. Each is downloaded with ``pip download
+--no-deps`` as a wheel for CPython 3.12 on x86-64 Linux (55 wheels, about 45 MiB).
+``bench/gpu_check.sh`` installs them with ``pip install --no-index --no-deps --target .gpu-site``
+(first on ``PYTHONPATH``, so the machine's own environment is not changed) and runs the suite.
 """
 
 from __future__ import annotations
