@@ -31,11 +31,11 @@ def build_rewards(config: ServerConfig, only: list[str] | None = None) -> dict[s
 
 
 def check_rewards(rewards: dict[str, Reward]) -> None:
-    """Everything that can be checked without loading weights: local paths exist, devices exist."""
+    """Everything that can be checked without loading weights: local paths, devices, each reward's own checks."""
     from reward_server.models.device import resolve_device
 
     for reward in rewards.values():
-        reward.check_model_refs()
+        reward.check()
         try:
             resolve_device(reward.spec.device)
         except (RuntimeError, ValueError) as exc:

@@ -57,6 +57,11 @@ class Reward(ABC):
             node = getattr(node, part)
         setattr(node, leaf, value)
 
+    def check(self) -> None:
+        """What can be checked without loading anything (``--check``, and before loading): the local
+        paths exist; subclasses add their own (raise ``ConfigError`` naming ``self.origin(key)``)."""
+        self.check_model_refs()
+
     def check_model_refs(self) -> None:
         """Report a local checkpoint path that does not exist, naming the config file and key."""
         for key, value in self.model_refs().items():

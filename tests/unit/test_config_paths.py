@@ -266,3 +266,16 @@ def test_inline_references_follow_the_path_rule_and_are_checked(capsys, tmp_path
                         "--set", "data.prompts=[{prompt: a cat, references: [kat.png]}]")
     line = one_line_error(out)
     assert code == 2 and "--set data.prompts.0: references[0]" in line and str(elsewhere / "kat.png") in line
+
+
+def test_check_finds_an_unset_endpoint_key_variable(tmp_path, monkeypatch):
+    """Before: --check passed a judge whose api_key_env was not set; the worker failed when loading it."""
+    monkeypatch.delenv("PSR_TEST_JUDGE_KEY", raising=False)
+    path = tmp_path / "rewards.yaml"
+    path.write_text(yaml.safe_dump({"rewards": {"judge": {"type": "vlm_judge", "model": "Qwen/Qwen2.5-VL-7B-Instruct",
+        "options": {"backend": "openai", "endpoint": "http://127.0.0.1:9/v1", "api_key_env": "PSR_TEST_JUDGE_KEY"}}}}))
+    rewards = build_rewards(load_config(ServerConfig, path))
+    with pytest.raises(ConfigError, match=r"rewards\.judge\.options\.api_key_env: .*PSR_TEST_JUDGE_KEY.* is not set"):
+        check_rewards(rewards)
+    monkeypatch.setenv("PSR_TEST_JUDGE_KEY", "k" * 24)
+    check_rewards(rewards)
