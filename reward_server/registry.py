@@ -7,7 +7,7 @@ import logging
 from reward_server.config import ServerConfig
 from reward_server.rewards import Reward, get_reward_type
 from shared.config import ConfigError
-from shared.paths import resolve_path, where
+from shared.paths import resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def build_rewards(config: ServerConfig, only: list[str] | None = None) -> dict[s
     rewards = {}
     for name in names:
         reward = get_reward_type(config.rewards[name].type)(name, config.rewards[name])
-        reward.source = str(config.source) if config.source else None
+        reward.origin = lambda key, name=name: config.origin(f"rewards.{name}.{key}")
         for key, value in reward.model_refs().items():  # relative paths: see shared.paths
             reward.set_model_ref(key, resolve_path(value, config.path_base(f"rewards.{name}.{key}")))
         rewards[name] = reward
@@ -31,15 +31,15 @@ def build_rewards(config: ServerConfig, only: list[str] | None = None) -> dict[s
 
 
 def check_rewards(rewards: dict[str, Reward]) -> None:
-    """Everything that can be checked without loading weights: local paths exist, devices exist."""
+    """Everything that can be checked without loading weights: local paths, devices, each reward's own checks."""
     from reward_server.models.device import resolve_device
 
-    for name, reward in rewards.items():
-        reward.check_model_refs()
+    for reward in rewards.values():
+        reward.check()
         try:
             resolve_device(reward.spec.device)
         except (RuntimeError, ValueError) as exc:
-            raise ConfigError(f"{where(reward.source, f'rewards.{name}.device')}: {exc}; set it to auto or cpu") from exc
+            raise ConfigError(f"{reward.origin('device')}: {exc}; set it to auto or cpu") from exc
 
 
 def load_rewards(rewards: dict[str, Reward]) -> None:
