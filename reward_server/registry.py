@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from reward_server.config import ServerConfig
 from reward_server.rewards import Reward, RewardImportError, get_reward_type
 from shared.config import ConfigError, validation_problems
-from shared.paths import resolve_path, where
+from shared.paths import resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def build_rewards(config: ServerConfig, only: list[str] | None = None) -> dict[s
     rewards = {}
     for name in names:
         reward = _build(config, name)
-        reward.source = str(config.source) if config.source else None
+        reward.origin = lambda key, name=name: config.origin(f"rewards.{name}.{key}")
         for key, value in reward.model_refs().items():  # relative paths: see shared.paths
             reward.set_model_ref(key, resolve_path(value, config.path_base(f"rewards.{name}.{key}")))
         rewards[name] = reward
@@ -38,25 +38,25 @@ def _build(config: ServerConfig, name: str) -> Reward:
     try:
         cls = get_reward_type(spec.type)
     except RewardImportError as exc:
-        raise ConfigError(f"{where(config.source, f'rewards.{name}.type')}: {exc}") from None
+        raise ConfigError(f"{config.origin(f'rewards.{name}.type')}: {exc}") from None
     try:
         return cls(name, spec)
     except ValidationError as exc:
         problems = validation_problems(exc, cls.Options)
-        raise ConfigError("\n".join(f"{where(config.source, f'rewards.{name}.options' + ('.' + key if key else ''))}: "
-                                     f"{text}" for key, text in problems)) from None
+        raise ConfigError("\n".join(f"{config.origin(f'rewards.{name}.options' + ('.' + key if key else ''))}: {text}"
+                                     for key, text in problems)) from None
 
 
 def check_rewards(rewards: dict[str, Reward]) -> None:
-    """Everything that can be checked without loading weights: local paths exist, devices exist."""
+    """Everything that can be checked without loading weights: local paths, devices, each reward's own checks."""
     from reward_server.models.device import resolve_device
 
-    for name, reward in rewards.items():
-        reward.check_model_refs()
+    for reward in rewards.values():
+        reward.check()
         try:
             resolve_device(reward.spec.device)
         except (RuntimeError, ValueError) as exc:
-            raise ConfigError(f"{where(reward.source, f'rewards.{name}.device')}: {exc}; set it to auto or cpu") from exc
+            raise ConfigError(f"{reward.origin('device')}: {exc}; set it to auto or cpu") from exc
 
 
 def load_rewards(rewards: dict[str, Reward]) -> None:

@@ -29,11 +29,21 @@ class StrictModel(BaseModel):
         """The YAML file this config was read from (``None`` when built in code)."""
         return self._source
 
+    def from_command_line(self, key: str) -> bool:
+        """Whether dotted ``key`` (or a section holding it) was given with ``--set``."""
+        return any(key == k or key.startswith(k + ".") for k in self._cli_keys)
+
     def path_base(self, key: str) -> Path:
         """Where a relative path under dotted ``key`` starts: cwd for ``--set`` values, else the file's folder."""
-        if self._source is None or any(key == k or key.startswith(k + ".") for k in self._cli_keys):
+        if self._source is None or self.from_command_line(key):
             return Path.cwd()
         return self._source.resolve().parent
+
+    def origin(self, key: str) -> str:
+        """Where the value of ``key`` came from, for messages: ``--set KEY``, ``FILE: KEY`` or ``KEY``."""
+        if self.from_command_line(key):
+            return f"--set {key}"
+        return f"{self._source}: {key}" if self._source is not None else key
 
 
 # Marks a config field that names a checkpoint or file (hub id or local path): checked by
