@@ -7,6 +7,7 @@ start at the current folder.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,17 +96,28 @@ def _compare(cfg: TrainConfig, hosted: set[str], what: str) -> None:
 def check_hosted_rewards(client: Any, cfg: TrainConfig) -> None:
     """Before the generator loads: the server must host every weighted reward (skipped for clients
     that cannot list their rewards, e.g. in-process ones)."""
+    from shared.client import RetryableError
     from trainer.scoring import RewardRequestRefused
 
     if not callable(getattr(client, "rewards", None)):
         return
-    try:
-        hosted = {r["name"] for r in client.rewards()}
-    except Exception as exc:
-        raise RewardRequestRefused(
-            f"cannot list the rewards of the reward service at {cfg.rewards.url}: {exc}; "
-            "start it (psr serve --config ...) or fix rewards.url"
-        ) from exc
+    deadline = time.monotonic() + cfg.rewards.ready_timeout_s
+    while True:
+        try:
+            hosted = {r["name"] for r in client.rewards()}
+            break
+        except RetryableError as exc:  # not listening yet (`psr serve ... &` just before), or 5xx: wait
+            if time.monotonic() > deadline:
+                raise RewardRequestRefused(
+                    f"cannot list the rewards of the reward service at {cfg.rewards.url}: {exc} (waited "
+                    f"rewards.ready_timeout_s = {cfg.rewards.ready_timeout_s:g} s); start it (psr serve --config ...) "
+                    "or fix rewards.url") from exc
+            time.sleep(0.5)
+        except Exception as exc:
+            raise RewardRequestRefused(
+                f"cannot list the rewards of the reward service at {cfg.rewards.url}: {exc}; "
+                "start it (psr serve --config ...) or fix rewards.url"
+            ) from exc
     try:
         _compare(cfg, hosted, f"the server at {cfg.rewards.url} hosts")
     except ConfigError as exc:
