@@ -68,7 +68,7 @@ def decode_compressed(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> np.n
         raise
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"image could not be decoded: {exc}") from exc
-    return np.asarray(rgb, dtype=np.uint8)
+    return np.array(rgb, dtype=np.uint8)  # writable, like raw images (asarray's view is read-only: torch warns)
 
 
 def decode_raw(data: bytes, shape: tuple[int, ...] | list[int], limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:

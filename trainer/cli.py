@@ -49,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from shared.client import RewardServiceError
     from shared.config import ConfigError, load_config
     from trainer.config import TrainConfig
     from trainer.grpo import RequiredRewardFailed
@@ -87,8 +88,8 @@ def _train(args: argparse.Namespace) -> int:
         more = f"run.steps={2 * exc.total}"
         print(f"psr train: {exc}\nto train longer: {_command(args, ['--set', more, '--resume'])}")
         return 0
-    except (RequiredRewardFailed, RewardRequestRefused, ValueError, FileNotFoundError) as exc:
-        print(f"psr train: {exc}", file=sys.stderr)
+    except (RequiredRewardFailed, RewardRequestRefused, RewardServiceError, ValueError, FileNotFoundError) as exc:
+        print(f"psr train: {exc}", file=sys.stderr)  # RewardServiceError: e.g. rewards not ready in time
         return 1
     if not summary["main_process"]:
         return 0

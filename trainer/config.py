@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from shared.client import check_service_url
 from shared.config import StrictModel
 
 
@@ -123,11 +124,18 @@ class SamplingConfig(StrictModel):
 class RewardsConfig(StrictModel):
     """The reward service and how its rewards combine."""
 
-    url: str | None = Field(default=None, description="reward server URL, e.g. http://127.0.0.1:8000")
-    api_key: str | None = Field(default=None, description="bearer token for the reward server")
+    url: str | None = Field(
+        default=None, description="reward server URL, e.g. http://127.0.0.1:8000, or redis://host:6379/0 for the queue"
+    )
+    api_key: None = Field(
+        default=None, description="not read: the key comes from PSR_API_KEY or PSR_API_KEY_FILE (never the config)"
+    )
     reward_weights: dict[str, float] = Field(description="reward name -> weight (trl's reward_weights)")
     required: list[str] = Field(default_factory=list, description="rewards whose failure stops training")
     timeout_s: float = Field(default=600.0, gt=0, description="longest wait for one scoring request")
+    ready_timeout_s: float = Field(
+        default=600.0, ge=0, description="how long to wait at start-up for the server to load the rewards"
+    )
     max_retries: int = Field(default=3, ge=0, description="retries on 408/429/5xx")
     image_format: Literal["raw", "jpeg", "png"] = Field(
         default="raw", description="image encoding on the wire"
@@ -136,6 +144,19 @@ class RewardsConfig(StrictModel):
     send_subjects: bool = Field(
         default=True, description="send categories and reference images with each sample"
     )
+
+    @field_validator("url")
+    @classmethod
+    def _url_has_scheme(cls, url: str | None) -> str | None:
+        return None if url is None else check_service_url(url)
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _no_key_in_config(cls, value: object) -> None:
+        if value is not None:  # --set shows in `ps` and launcher errors; a YAML file gets copied around
+            raise ValueError("API keys are not read from the config or --set: put the key in PSR_API_KEY, "
+                             "or in a file named by PSR_API_KEY_FILE")
+        return None
 
     @model_validator(mode="after")
     def _required_known(self) -> RewardsConfig:

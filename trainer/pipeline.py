@@ -149,7 +149,7 @@ class MultiRefGenerator:
         check_model_ref(path, "generator")  # a missing local folder is not retried as a hub id
         if Path(path).exists() and not (Path(path) / "model_index.json").is_file():
             raise FileNotFoundError(f"{path} is not a pipeline folder: model_index.json is missing")
-        kw = {"torch_dtype": dtype}
+        kw = {"dtype": dtype}
         parts = dict(
             transformer=FluxTransformer2DModel.from_pretrained(path, subfolder="transformer", **kw),
             vae=AutoencoderKL.from_pretrained(path, subfolder="vae", **kw),

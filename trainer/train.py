@@ -29,8 +29,8 @@ def make_reward_client(cfg: TrainConfig) -> Any:
     from shared.client import RewardClient
 
     r = cfg.rewards
-    return RewardClient(
-        r.url, api_key=r.api_key, timeout=r.timeout_s, max_retries=r.max_retries, image_format=r.image_format
+    return RewardClient(  # the API key comes from PSR_API_KEY / PSR_API_KEY_FILE (shared.api_keys)
+        r.url, timeout=r.timeout_s, max_retries=r.max_retries, image_format=r.image_format
     )
 
 
@@ -135,6 +135,8 @@ def run_training(
     else:
         trainer = FlowGRPOTrainer(config, reward_client, base_dir)
     try:
+        if config.algorithm == "grpo" and reward_client is None:  # a server started beside us may still be loading
+            trainer.client.wait_until_ready(config.rewards.ready_timeout_s, rewards=list(config.rewards.reward_weights))
         if resume:
             trainer.resume(resume)
         return trainer.train(progress=progress)

@@ -30,7 +30,7 @@ def test_shipped_configs_load():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("grpo.unknown_knob=1", "Extra inputs are not permitted"),
+        ("grpo.unknown_knob=1", r"--set grpo.unknown_knob: unknown key; valid keys here: .*scale_rewards"),
         ("rewards.required=[nope]", "not in reward_weights"),
         ("sampling.group_size=1", "min_valid_per_group"),
         ("model.resolution=40", "multiples of 16"),
