@@ -89,6 +89,13 @@ def test_psr_train_prints_how_to_resume_or_extend(generator, tmp_path, capsys, m
     assert "SIGINT: stopped after step 3 of 8; checkpoint saved to" in err
     assert "resume with: psr train --config" in err and err.rstrip().endswith("--resume")
 
+    def terminated(*a, **k):
+        raise TrainingInterrupted("SIGTERM", 3, 8, tmp_path / "checkpoints" / "step-000003")
+
+    monkeypatch.setattr("trainer.train.run_training", terminated)
+    assert psr(args[:-1]) == 143  # 128 + SIGTERM, as a shell reports a process the signal ended
+    assert "SIGTERM: stopped after step 3 of 8" in capsys.readouterr().err
+
 
 def test_steps_are_numbered_from_one_everywhere(generator, tmp_path, capsys):
     from trainer.demo import print_training
