@@ -7,7 +7,7 @@ prompt text. A sample whose reward failed (NaN) is masked; a group left with few
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -52,11 +52,29 @@ class Advantages:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-def _normalise(values: np.ndarray, groups: list[np.ndarray], scale: ScaleRewards) -> np.ndarray:
-    """Subtract each group's mean; divide by the group's std, the batch std, or nothing."""
+Gather = Callable[[np.ndarray], np.ndarray]
+
+
+def _step_values(values: np.ndarray, kept: np.ndarray, gather: Gather | None) -> np.ndarray:
+    """The kept values of the whole step: this process's, or every process's when ``gather`` is given
+    (an all-gather of equal-length arrays, NaN marking what a process did not keep)."""
+    if gather is None:
+        return values[kept]
+    local = np.full(values.shape, np.nan)
+    local[kept] = values[kept]
+    every = np.asarray(gather(local), dtype=np.float64)
+    return every[np.isfinite(every)]
+
+
+def _normalise(
+    values: np.ndarray, groups: list[np.ndarray], scale: ScaleRewards, gather: Gather | None = None
+) -> np.ndarray:
+    """Subtract each group's mean; divide by the group's std, the step's std, or nothing."""
     out = np.zeros_like(values)
     kept = np.concatenate(groups) if groups else np.array([], dtype=int)
-    batch_std = values[kept].std() if kept.size else 0.0
+    if scale == "batch":
+        step = _step_values(values, kept, gather)
+        batch_std = step.std() if step.size else 0.0
     for idx in groups:
         centred = values[idx] - values[idx].mean()
         if scale == "group":
@@ -74,6 +92,7 @@ def compute_advantages(
     scale_rewards: ScaleRewards = "group",
     aggregation: Aggregation = "sum_then_normalize",
     min_valid_per_group: int = 2,
+    gather: Gather | None = None,
 ) -> Advantages:
     """Group-relative advantages from per-reward scores (NaN = failed), with trl's meanings:
 
@@ -82,6 +101,8 @@ def compute_advantages(
     of those, then that sum centred and scaled over all kept samples (``scale_rewards`` must be 'group').
     Stds are population stds (flow_grpo's ``np.std``); trl applies Bessel's correction, which only
     scales the batch std by sqrt(N / (N - 1)) here, since each group's factor cancels in the last step.
+    Step-wide statistics ('batch' scaling, normalize_then_sum's last step) span every process when
+    ``gather`` (an all-gather) is given, as trl gathers all rewards first; groups never span processes.
     """
     group_ids = np.asarray(group_ids)
     n = group_ids.shape[0]
@@ -112,14 +133,14 @@ def compute_advantages(
 
     safe_total = np.nan_to_num(total)
     if aggregation == "sum_then_normalize":
-        adv = _normalise(safe_total, groups, scale_rewards)
+        adv = _normalise(safe_total, groups, scale_rewards, gather)
     elif aggregation == "normalize_then_sum":
         summed = sum(
             (wk * _normalise(np.nan_to_num(matrix[:, j]), groups, "group") for j, wk in enumerate(w)),
             start=np.zeros(n),
         )
-        kept = np.flatnonzero(mask)
-        adv = _normalise(summed, [kept] if kept.size else [], "group")
+        step = _step_values(summed, np.flatnonzero(mask), gather)
+        adv = (summed - step.mean()) / (step.std() + EPS) if step.size else np.zeros(n)
     else:
         raise ValueError(f"unknown multi_objective_aggregation {aggregation!r}")
     adv = np.where(mask, adv, 0.0)

@@ -3,7 +3,7 @@
 Groups never span sampling batches, so with ``scale_rewards`` 'group' or 'none' a batch's
 advantages depend on its own rewards only: the update trains on batch 1 while later batches
 are still being scored. With 'batch' scaling, or ``normalize_then_sum`` (whose last step scales
-over the whole step), the step-wide std needs every reward first.
+over the whole step), the step-wide statistics need every reward first, of every process (as trl).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from trainer.config import TrainConfig
-from trainer.grpo import Advantages, RequiredRewardFailed, check_required, compute_advantages
+from trainer.grpo import Advantages, Gather, RequiredRewardFailed, check_required, compute_advantages
 from trainer.monitor import StepTimer
 from trainer.rollout import Rollout
 
@@ -29,8 +29,11 @@ class RewardRequestRefused(RuntimeError):
 class StepScores:
     """The rollouts of one step and the Futures of their scores."""
 
-    def __init__(self, rollouts: list[Rollout], futures: list[Future], cfg: TrainConfig, timer: StepTimer):
-        self.rollouts, self.futures, self.cfg, self.timer = rollouts, futures, cfg, timer
+    def __init__(self, rollouts: list[Rollout], futures: list[Future], cfg: TrainConfig, timer: StepTimer,
+                 gather: Gather | None = None):
+        """``gather``: an all-gather over processes, for step-wide statistics (every process calls ``full``
+        at the same point of the step, so the collective lines up)."""
+        self.rollouts, self.futures, self.cfg, self.timer, self.gather = rollouts, futures, cfg, timer, gather
         self._scores: dict[int, dict[str, np.ndarray]] = {}
         self._errors: dict[int, list[dict[str, Any]]] = {}
         self._full: Advantages | None = None
@@ -85,6 +88,7 @@ class StepScores:
             g.scale_rewards,
             g.multi_objective_aggregation,
             g.min_valid_per_group,
+            self.gather,
         )
 
     def advantages_of(self, i: int) -> tuple[np.ndarray, np.ndarray]:

@@ -84,7 +84,7 @@ class FlowGRPOTrainer(Trainer):
                 with timer.phase("reward_wait"):  # a blocking client spends the scoring time here
                     futures.append(submit_scores(self.client, r, self.cfg))
                 rollouts.append(r)
-        return StepScores(rollouts, futures, self.cfg, timer)
+        return StepScores(rollouts, futures, self.cfg, timer, self.gather)
 
     def report(
         self, step: int, batch: StepScores, metrics: dict[str, float], timer: StepTimer

@@ -86,6 +86,54 @@ def test_normalize_then_sum_is_trls_gdpo_rule():
     np.testing.assert_allclose(bessel, expected * np.sqrt((n - 1) / n), rtol=2e-3, atol=1e-6)
 
 
+def all_gather_in_threads(per_process: list[dict]) -> list:
+    """Run compute_advantages once per simulated process, in threads whose ``gather`` is an all-gather
+    (every process gets every process's array, in rank order), as accelerate's gather is."""
+    import threading
+
+    barrier, slots, results = threading.Barrier(len(per_process)), [None] * len(per_process), [None] * len(per_process)
+
+    def run(rank: int) -> None:
+        def gather(values: np.ndarray) -> np.ndarray:
+            slots[rank] = values
+            barrier.wait()
+            out = np.concatenate(slots)
+            barrier.wait()
+            return out
+
+        results[rank] = compute_advantages(**per_process[rank], gather=gather)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(len(per_process))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return results
+
+
+def test_step_wide_scaling_spans_every_process_as_trl_does():
+    """trl gathers every process's rewards before normalising: normalize_then_sum's last step and
+    scale_rewards 'batch' use the whole step's samples, not one process's."""
+    rng = np.random.default_rng(3)
+    g, groups_per_process = 4, 2
+    half = g * groups_per_process  # samples per process
+    a, b = rng.normal(0, 1, 2 * half), rng.normal(5, 3, 2 * half)
+    ids = np.repeat(np.arange(groups_per_process), g)  # group ids are per process; groups never span two
+    expected = trl_normalize_then_sum(np.stack([a, b], 1), np.array([0.6, 0.4]), g, ddof=0)
+    calls = [{"scores": {"a": a[r * half:(r + 1) * half], "b": b[r * half:(r + 1) * half]},
+              "weights": {"a": 0.6, "b": 0.4}, "group_ids": ids, "aggregation": "normalize_then_sum"}
+             for r in range(2)]
+    got = all_gather_in_threads(calls)
+    np.testing.assert_allclose(np.concatenate([r.values for r in got]), expected, rtol=1e-6, atol=1e-9)
+    # sum_then_normalize with batch scaling: group means, one std over the whole step
+    total = 0.6 * a + 0.4 * b
+    centred = total - np.repeat(total.reshape(-1, g).mean(1), g)
+    for call in calls:
+        call.update(aggregation="sum_then_normalize", scale_rewards="batch")
+    got = all_gather_in_threads(calls)
+    np.testing.assert_allclose(np.concatenate([r.values for r in got]), centred / (total.std() + 1e-4), rtol=1e-6)
+
+
 def test_normalize_then_sum_ignores_masked_samples():
     a = np.array([0.0, 1.0, 2.0, np.nan, 5.0, 1.0])
     adv = compute_advantages({"a": a}, {"a": 1.0}, [0, 0, 0, 1, 1, 1], aggregation="normalize_then_sum")
