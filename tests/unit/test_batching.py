@@ -117,38 +117,47 @@ def test_a_large_request_is_split_and_reassembled_in_order() -> None:
     assert max(len(b) for b in record.batches) == 3
 
 
-def test_a_lone_request_is_scored_after_max_wait_ms() -> None:
+def test_a_request_that_finds_the_model_idle_runs_at_once() -> None:
+    # the batch window used to be paid by every lone caller: 60 s here would time the test out
     record = Recorder()
 
-    async def main() -> tuple[float, list[ScoreResult]]:
-        batcher = DynamicBatcher(record, max_batch_size=2, max_wait_ms=150)
+    async def main() -> list[ScoreResult]:
+        batcher = DynamicBatcher(record, max_batch_size=32, max_wait_ms=60_000)
         try:
-            started = time.monotonic()
-            result = await batcher.submit(samples("a"))
-            return time.monotonic() - started, result
+            return await asyncio.wait_for(batcher.submit(samples("a")), 5)
         finally:
             await batcher.close()
 
-    waited, result = asyncio.run(main())
-    assert 0.14 <= waited < 5.0 and result[0].score == 1.0
+    assert [r.score for r in asyncio.run(main())] == [1.0]
+    assert record.batches == [["a"]]
 
 
-def test_a_later_request_joins_a_waiting_batch() -> None:
+def test_requests_arriving_while_the_model_is_busy_form_the_next_batch() -> None:
+    entered, release = threading.Event(), threading.Event()
     record = Recorder()
 
+    def blocking(batch: Sequence[Sample]) -> list[ScoreResult]:
+        if batch[0].prompt == "first":
+            entered.set()
+            release.wait(10)
+        return record(batch)
+
     async def main() -> list[list[ScoreResult]]:
-        batcher = DynamicBatcher(record, max_batch_size=2, max_wait_ms=60_000)
+        batcher = DynamicBatcher(blocking, max_batch_size=3, max_wait_ms=60_000)
         try:
-            first = asyncio.ensure_future(batcher.submit(samples("bb")))
-            await wait_until(lambda: batcher.queued_samples == 1)
-            second = await batcher.submit(samples("ccc"))  # fills the batch: no wait for the deadline
-            return [await first, second]
+            first = asyncio.ensure_future(batcher.submit(samples("first")))
+            await asyncio.to_thread(entered.wait, 10)
+            later = [asyncio.ensure_future(batcher.submit(samples("x" * n))) for n in (2, 3, 4, 5)]
+            await wait_until(lambda: batcher.queued_samples == 4)
+            release.set()  # the model frees: the waiting requests go at once, 3 then 1, no 60 s window
+            return await asyncio.wait_for(asyncio.gather(first, *later), 5)
         finally:
+            release.set()
             await batcher.close()
 
     results = asyncio.run(main())
-    assert [r[0].score for r in results] == [2.0, 3.0]
-    assert record.batches == [["bb", "ccc"]]
+    assert [r[0].score for r in results] == [5.0, 2.0, 3.0, 4.0, 5.0]
+    assert record.batches == [["first"], ["xx", "xxx", "xxxx"], ["xxxxx"]]
 
 
 def test_failing_request_in_a_merged_batch_fails_only_itself() -> None:
