@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,10 +18,11 @@ from fastapi.responses import JSONResponse, Response
 
 from reward_server.config import ServerConfig
 from reward_server.http_io import add_body_schema, read_score_request, render
-from reward_server.metrics import PROMETHEUS_CONTENT_TYPE, ServerMetrics
+from reward_server.limits import PixelBudget, ServerBusy
+from reward_server.metrics import PROMETHEUS_CONTENT_TYPE, MetricsMiddleware, ServerMetrics
 from reward_server.registry import build_rewards, load_rewards
 from reward_server.rewards.base import Reward
-from reward_server.service import Backend, LocalBackend, RewardUnavailable, ScoringService
+from reward_server.service import Backend, LocalBackend, RewardUnavailable, ScoringService, within
 from shared import __version__
 from shared.protocol import InvalidRequest, ScoreRequest, ScoreResponse
 
@@ -69,11 +69,13 @@ def create_app(
     rewards = rewards if rewards is not None else build_rewards(config)
     metrics = metrics or ServerMetrics()
     backend = backend or LocalBackend(rewards, observer_factory=metrics.batch_observer)
+    limits = config.limits
     service = ScoringService(
         rewards,
         backend,
-        limits=config.limits.image_limits(),
-        max_samples_per_request=config.limits.max_samples_per_request,
+        limits=limits.image_limits(),
+        max_samples_per_request=limits.max_samples_per_request,
+        budget=PixelBudget(limits.max_pixels_in_flight, limits.busy_wait_s, limits.retry_after_s),
     )
     state = AppState(config=config, rewards=rewards, service=service, metrics=metrics)
 
@@ -93,16 +95,12 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.psr = state
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        label = getattr(route, "path", "unmatched")
-        metrics.requests.labels(label, str(response.status_code)).inc()
-        metrics.request_latency.labels(label).observe(time.perf_counter() - started)
-        return response
+    @app.exception_handler(ServerBusy)
+    async def _busy(_request: Request, exc: ServerBusy) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503,
+                            headers={"Retry-After": str(max(1, round(exc.retry_after_s)))})
 
     @app.post(
         "/v1/score",
@@ -165,7 +163,7 @@ def create_app(
 async def run_scoring(state: AppState, request: ScoreRequest) -> ScoreResponse:
     """Score with the server's timeout, mapping failures to HTTP errors and recording metrics."""
     try:
-        answer = await asyncio.wait_for(state.service.score(request), state.config.request_timeout_s)
+        answer = await within(state.service.score(request), state.config.request_timeout_s)
     except InvalidRequest as exc:
         raise HTTPException(422, str(exc)) from exc
     except RewardUnavailable as exc:

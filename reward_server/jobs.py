@@ -16,8 +16,8 @@ from fastapi.responses import JSONResponse
 
 from reward_server.auth import CURRENT_CALLER
 from reward_server.http_io import read_score_request, render
-from reward_server.limits import QueueFull
-from reward_server.service import RewardUnavailable, ScoringService
+from reward_server.limits import QueueFull, ServerBusy
+from reward_server.service import RewardUnavailable, ScoringService, within
 from shared.protocol import InvalidRequest, ScoreRequest, pack, unpack
 from shared.queue import messages as q
 
@@ -65,6 +65,8 @@ def _failure(exc: BaseException, timeout_s: float) -> tuple[int, str]:
         return 422, str(exc)
     if isinstance(exc, QueueFull):
         return 429, str(exc)
+    if isinstance(exc, ServerBusy):
+        return 503, str(exc)
     if isinstance(exc, RewardUnavailable):
         return 503, str(exc)
     if isinstance(exc, TimeoutError):
@@ -81,7 +83,7 @@ def make_jobs_router(
 
     async def _run(job_id: str, request: ScoreRequest, base: dict[str, Any]) -> None:
         try:
-            answer = await asyncio.wait_for(service.score(request), timeout_s)
+            answer = await within(service.score(request), timeout_s)
             record = {**base, "status": "done", "result": answer.model_dump(mode="json")}
         except Exception as exc:
             code, message = _failure(exc, timeout_s)

@@ -25,8 +25,8 @@ def _request(body: bytes) -> Request:
     return Request(scope, receive)
 
 
-def test_request_bodies_are_validated_off_the_event_loop(monkeypatch):
-    # validating a large JSON body is CPU work that stalled every other request (and /healthz)
+def _parse_thread(body: bytes, monkeypatch) -> tuple[ScoreRequest, bool]:
+    """Parse ``body`` through read_score_request; returns it and whether it was validated on the loop."""
     threads = []
     original = http_io.parse_model
 
@@ -37,8 +37,23 @@ def test_request_bodies_are_validated_off_the_event_loop(monkeypatch):
     monkeypatch.setattr(http_io, "parse_model", recording)
 
     async def main():
-        return await http_io.read_score_request(_request(BODY), 1 << 20), threading.current_thread()
+        return await http_io.read_score_request(_request(body), 1 << 24), threading.current_thread()
 
     parsed, loop_thread = asyncio.run(main())
-    assert isinstance(parsed, ScoreRequest) and parsed.samples[0].image.shape == (1, 1, 3)
-    assert threads and threads[0] is not loop_thread
+    return parsed, threads == [loop_thread]
+
+
+def test_large_bodies_are_validated_off_the_event_loop(monkeypatch):
+    # validating a large JSON body is CPU work that stalled every other request (and /healthz)
+    prompt = "x" * (http_io.INLINE_PARSE_BYTES + 1)
+    body = json.dumps({"rewards": {"a": 1.0}, "samples": [
+        {"image": {"shape": [1, 1, 3], "data": "AAAA"}, "prompt": prompt[:9000]}] * 8}).encode()
+    assert len(body) > http_io.INLINE_PARSE_BYTES
+    parsed, on_loop = _parse_thread(body, monkeypatch)
+    assert len(parsed.samples) == 8 and not on_loop
+
+
+def test_small_bodies_are_validated_inline(monkeypatch):
+    # a thread hop costs more than validating a small body (and waits for the GIL under load)
+    parsed, on_loop = _parse_thread(BODY, monkeypatch)
+    assert isinstance(parsed, ScoreRequest) and parsed.samples[0].image.shape == (1, 1, 3) and on_loop

@@ -168,12 +168,12 @@ def test_a_cancelled_request_stops_decoding_its_images(monkeypatch) -> None:
     from reward_server import service as service_module
 
     calls, finished = [], threading.Event()
-    real_decode, real_samples = protocol.decode_image, service_module.decode_samples
+    real_decode, real_samples = protocol.decode_raw, service_module.decode_samples
 
-    def slow_decode(payload, limits):
+    def slow_decode(*args):
         calls.append(1)
         time.sleep(0.01)  # stands in for decoding a large PNG
-        return real_decode(payload, limits)
+        return real_decode(*args)
 
     def watched(*args):
         try:
@@ -181,8 +181,9 @@ def test_a_cancelled_request_stops_decoding_its_images(monkeypatch) -> None:
         finally:
             finished.set()
 
-    monkeypatch.setattr(protocol, "decode_image", slow_decode)
+    monkeypatch.setattr(protocol, "decode_raw", slow_decode)
     monkeypatch.setattr(service_module, "decode_samples", watched)
+    monkeypatch.setattr(service_module, "INLINE_RAW_PIXELS", 0)  # as if the images were large: on a thread
     rewards = make_rewards()
     request = ScoreRequest(rewards={"brightness": 1.0}, samples=[sample(refs=0)] * 200)
 
