@@ -113,23 +113,3 @@ def render(request: Request, payload: BaseModel | dict, status_code: int = 200) 
     if isinstance(payload, BaseModel):
         return Response(payload.model_dump_json(), status_code=status_code, media_type=JSON)
     return Response(orjson.dumps(payload), status_code=status_code, media_type=JSON)
-
-
-def add_body_schema(openapi: dict[str, Any], path: str, model: type[BaseModel]) -> None:
-    """Document both wire forms of ``model`` as the request body of ``POST path`` in an OpenAPI dict."""
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    components = openapi.setdefault("components", {}).setdefault("schemas", {})
-    components.update(schema.pop("$defs", {}))
-    components[model.__name__] = schema
-    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
-    openapi["paths"][path]["post"]["requestBody"] = {
-        "required": True,
-        "content": {
-            JSON: {"schema": ref},
-            MSGPACK: {
-                "schema": {"type": "string", "format": "binary"},
-                "description": f"{model.__name__} msgpack-encoded; images as bytes (PNG/JPEG) or "
-                "{format: raw, shape: [h, w, 3], data: bytes}",
-            },
-        },
-    }

@@ -194,6 +194,11 @@ class BlockingPixelBudget:
                 self._free.notify_all()
 
 
+# After a request (or worker batch) whose images held this many pixels (48 MB decoded), freed
+# memory goes back to the OS.
+RELEASE_AFTER_PIXELS = 1 << 24
+
+
 def release_memory() -> bool:
     """Hand freed heap memory back to the operating system (glibc ``malloc_trim``; False elsewhere).
 

@@ -4,9 +4,12 @@ The service is transport-neutral: the FastAPI app calls it, and so do tests. Whe
 are computed is the backend's business -- in this process (``LocalBackend``: one dynamic
 batcher per reward) or on queue workers (the Redis backend).
 
-Small requests are decoded on the event loop: a thread hop (two wake-ups and a GIL hand-over)
-costs more than decoding a few small images. The bound (``INLINE_*_PIXELS``) keeps such work to
-a fraction of a millisecond; anything larger is decoded on a thread.
+Where images are decoded: a small request that is alone in the server is decoded on the event
+loop (a thread hop, two wake-ups and a GIL hand-over, costs more than decoding a few small
+images, and nothing else waits for the loop). When other requests are in flight, or the images
+are large, decoding runs on a thread: Pillow releases the GIL while it decodes, so decoding then
+overlaps with the model and with the loop's work on other requests -- 1.5-1.8x the images/s at
+8-32 callers on a 2-core machine, at the same CPU per request (bench/peers.py, issue 12 notes).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
 
 from reward_server.batching import DynamicBatcher
-from reward_server.limits import PixelBudget, release_memory
+from reward_server.limits import RELEASE_AFTER_PIXELS, PixelBudget, release_memory
 from reward_server.registry import load_rewards
 from reward_server.rewards.base import Reward
 from shared.images import ImageLimits
@@ -32,13 +35,11 @@ from shared.protocol import (
 )
 from shared.scoring import ScoreResult, assemble_response, check_inputs
 
-# Decoded on the event loop up to these sizes. PNG decodes at ~20-70 ns per pixel on one core
-# (JPEG ~3x faster), so 16K pixels (four 64 px images) is ~0.3-1 ms -- about what a thread hop
-# costs when the model thread holds the GIL. Raw pixels are only copied (~0.5 ns each).
+# A request alone in the server is decoded on the event loop up to these sizes. PNG decodes at
+# ~20-70 ns per pixel on one core (JPEG ~3x faster), so 16K pixels (four 64 px images) take
+# ~0.3-1 ms, about what a thread hop costs on a busy machine. Raw pixels are only copied.
 INLINE_COMPRESSED_PIXELS = 16_384
 INLINE_RAW_PIXELS = 1 << 20
-# After a request whose images held this many pixels (48 MB), freed memory goes back to the OS.
-RELEASE_AFTER_PIXELS = 1 << 24
 
 T = TypeVar("T")
 
@@ -128,6 +129,7 @@ class ScoringService:
         self.budget = budget or PixelBudget(2 * self.limits.max_request_pixels)
         self.versions = {name: reward.version for name, reward in self.rewards.items()}  # hashes the spec: once
         self._releasing = False
+        self._in_flight = 0  # requests between admission and answer
 
     def validate(self, request: ScoreRequest) -> list[str]:
         """Check reward names and request size; returns the reward names to compute."""
@@ -173,14 +175,19 @@ class ScoringService:
         pixels = compressed + raw
         try:
             async with self.budget.hold(pixels):
-                return await self._decode_and_score(request, names, compressed, raw)
+                self._in_flight += 1
+                try:
+                    return await self._decode_and_score(request, names, compressed, raw)
+                finally:
+                    self._in_flight -= 1
         finally:
             if pixels >= RELEASE_AFTER_PIXELS:
                 self._release_memory()
 
     async def _decode_and_score(self, request: ScoreRequest, names: list[str], compressed: int,
                                 raw: int) -> ScoreResponse:
-        if compressed <= INLINE_COMPRESSED_PIXELS and raw <= INLINE_RAW_PIXELS:
+        alone = self._in_flight == 1
+        if alone and compressed <= INLINE_COMPRESSED_PIXELS and raw <= INLINE_RAW_PIXELS:
             samples = decode_samples(request, self.limits)
         else:
             stop = threading.Event()
@@ -193,10 +200,12 @@ class ScoringService:
         return assemble_response(request.rewards, results, self.versions, len(samples))
 
     def _release_memory(self) -> None:
-        """Trim the heap on a thread (a few ms), one trim at a time."""
+        """Trim the heap on a thread, one trim at a time, a moment after the answer: by then the
+        model thread has dropped its references to the request's images too."""
         if self._releasing:
             return
         self._releasing = True
+        loop = asyncio.get_running_loop()
 
         def trim() -> None:
             try:
@@ -204,4 +213,4 @@ class ScoringService:
             finally:
                 self._releasing = False
 
-        asyncio.get_running_loop().run_in_executor(None, trim)
+        loop.call_later(0.2, lambda: loop.run_in_executor(None, trim))
