@@ -1,0 +1,122 @@
+"""A closed-loop HTTP/1.1 load generator that costs the server's CPU as little as possible.
+
+``callers`` connections each send a request, wait for its answer, and send the next one, for
+``duration`` seconds after a warm-up. Requests are prebuilt bytes and answers are read by
+``Content-Length`` without parsing, so on a small machine the client takes little of the CPU
+the servers compete for, and exactly the same amount whichever server it measures. A Python
+HTTP library (httpx, requests) would cost several times more per request and blur the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """One prebuilt POST: its wire bytes, and how many images it carries."""
+
+    data: bytes
+    images: int = 1
+
+
+def build_post(host: str, port: int, path: str, body: bytes, content_type: str, images: int = 1) -> HttpRequest:
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nAccept: */*\r\n\r\n")
+    return HttpRequest(head.encode("latin-1") + body, images)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    images_per_s: float
+    p50_ms: float
+    p90_ms: float
+    requests: int
+    errors: int
+    first_error: str = ""
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    body = await reader.readexactly(length) if length else b""
+    return status, body
+
+
+async def _caller(host: str, port: int, requests: list[HttpRequest], offset: int, warm_until: float,
+                  stop_at: float, latencies: list[float], counts: list[int], errors: list[str]) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    i = offset
+    try:
+        while time.perf_counter() < stop_at:
+            request = requests[i % len(requests)]
+            i += 1
+            sent = time.perf_counter()
+            writer.write(request.data)
+            status, body = await _read_answer(reader)
+            done = time.perf_counter()
+            if warm_until <= done <= stop_at:  # answers completed inside the window count
+                if status != 200:
+                    errors.append(f"HTTP {status}: {body[:200]!r}")
+                else:
+                    latencies.append(done - sent)
+                    counts[0] += request.images
+    finally:
+        writer.close()
+
+
+async def _run(host: str, port: int, requests: list[HttpRequest], callers: int, duration: float,
+               warmup: float) -> LoadResult:
+    latencies: list[float] = []
+    counts = [0]
+    errors: list[str] = []
+    start = time.perf_counter()
+    warm_until, stop_at = start + warmup, start + warmup + duration
+    await asyncio.gather(*(
+        _caller(host, port, requests, k * 7, warm_until, stop_at, latencies, counts, errors)
+        for k in range(callers)
+    ))
+    ms = sorted(x * 1000 for x in latencies) or [float("nan")]
+    return LoadResult(
+        images_per_s=counts[0] / duration,
+        p50_ms=statistics.median(ms),
+        p90_ms=ms[min(len(ms) - 1, int(0.9 * len(ms)))],
+        requests=len(latencies),
+        errors=len(errors),
+        first_error=errors[0] if errors else "",
+    )
+
+
+def run_load(host: str, port: int, requests: list[HttpRequest], callers: int, duration: float,
+             warmup: float = 0.5) -> LoadResult:
+    """Closed loop: ``callers`` connections, each with one request in flight, for ``duration`` s."""
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    return runner(_run(host, port, requests, callers, duration, warmup))
+
+
+def post_once(host: str, port: int, request: HttpRequest) -> tuple[int, bytes]:
+    """Send one request and return (status, body): to check an answer before measuring."""
+
+    async def once() -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(request.data)
+            return await _read_answer(reader)
+        finally:
+            writer.close()
+
+    return asyncio.run(once())
