@@ -34,9 +34,10 @@ class LoadResult:
     images_per_s: float
     p50_ms: float
     p90_ms: float
-    requests: int
+    requests: int  # measured: sent after the warm-up, answered before the end
     errors: int
     first_error: str = ""
+    answered: int = 0  # images answered during the whole run, warm-up and tail included (for CPU per image)
 
 
 async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -52,8 +53,23 @@ async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, body
 
 
+@dataclass
+class _Tally:
+    """One caller's answers that were sent after the warm-up and done before the end."""
+
+    images: int = 0
+    first_sent: float = 0.0
+    last_done: float = 0.0
+    answered: int = 0
+
+    @property
+    def rate(self) -> float:
+        """Images per second over exactly the requests counted (no partial request at either end)."""
+        return self.images / (self.last_done - self.first_sent) if self.images else 0.0
+
+
 async def _caller(host: str, port: int, requests: list[HttpRequest], offset: int, warm_until: float,
-                  stop_at: float, latencies: list[float], counts: list[int], errors: list[str]) -> None:
+                  stop_at: float, latencies: list[float], tally: _Tally, errors: list[str]) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     i = offset
     try:
@@ -64,12 +80,16 @@ async def _caller(host: str, port: int, requests: list[HttpRequest], offset: int
             writer.write(request.data)
             status, body = await _read_answer(reader)
             done = time.perf_counter()
-            if warm_until <= done <= stop_at:  # answers completed inside the window count
+            tally.answered += request.images if status == 200 else 0
+            if sent >= warm_until and done <= stop_at:
                 if status != 200:
                     errors.append(f"HTTP {status}: {body[:200]!r}")
-                else:
-                    latencies.append(done - sent)
-                    counts[0] += request.images
+                    continue
+                latencies.append(done - sent)
+                if not tally.images:
+                    tally.first_sent = sent
+                tally.images += request.images
+                tally.last_done = done
     finally:
         writer.close()
 
@@ -77,28 +97,32 @@ async def _caller(host: str, port: int, requests: list[HttpRequest], offset: int
 async def _run(host: str, port: int, requests: list[HttpRequest], callers: int, duration: float,
                warmup: float) -> LoadResult:
     latencies: list[float] = []
-    counts = [0]
+    tallies = [_Tally() for _ in range(callers)]
     errors: list[str] = []
     start = time.perf_counter()
     warm_until, stop_at = start + warmup, start + warmup + duration
     await asyncio.gather(*(
-        _caller(host, port, requests, k * 7, warm_until, stop_at, latencies, counts, errors)
+        _caller(host, port, requests, k * 7, warm_until, stop_at, latencies, tallies[k], errors)
         for k in range(callers)
     ))
     ms = sorted(x * 1000 for x in latencies) or [float("nan")]
     return LoadResult(
-        images_per_s=counts[0] / duration,
+        images_per_s=sum(t.rate for t in tallies),  # closed loop: the callers' rates add up
         p50_ms=statistics.median(ms),
         p90_ms=ms[min(len(ms) - 1, int(0.9 * len(ms)))],
         requests=len(latencies),
         errors=len(errors),
         first_error=errors[0] if errors else "",
+        answered=sum(t.answered for t in tallies),
     )
 
 
 def run_load(host: str, port: int, requests: list[HttpRequest], callers: int, duration: float,
-             warmup: float = 0.5) -> LoadResult:
-    """Closed loop: ``callers`` connections, each with one request in flight, for ``duration`` s."""
+             warmup: float | None = None) -> LoadResult:
+    """Closed loop: ``callers`` connections, each with one request in flight, for ``duration`` s after a
+    warm-up (default: a third of ``duration``). Each caller's rate counts whole requests only, so
+    slow models that answer in bursts (a batch of 32 every few seconds) are measured without bias."""
+    warmup = duration / 3 if warmup is None else warmup
     try:
         import uvloop
 

@@ -268,7 +268,7 @@ def measure_phase(model: str, peers: dict[str, Peer], loads: list[tuple[str, str
                 cpu = peer.cpu_seconds()
                 result = run_load(HOST, peer.port, requests[(label, wire, size)], callers, duration)
                 cpu = peer.cpu_seconds() - cpu
-                images_done = max(1, round(result.images_per_s * duration))
+                images_done = max(1, result.answered)
                 results.runs[(model, label, wire, size, callers)].append(
                     Run(result.images_per_s, result.p50_ms, 1000 * cpu / images_done, result.errors))
                 if fixed_cost_run:

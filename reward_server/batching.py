@@ -95,13 +95,11 @@ class DynamicBatcher:
         self,
         score: ScoreFn,
         max_batch_size: int,
-        max_wait_ms: float = 0.0,
         name: str = "reward",
         observer: BatchObserver | None = None,
     ):
         self._score = score
         self.max_batch_size = max_batch_size
-        self.max_wait_ms = max_wait_ms  # kept for describe(); the batcher itself never waits on a timer
         self.name = name
         self._observer = observer
         self._queue: deque[Pending] = deque()

@@ -80,7 +80,6 @@ class LocalBackend:
             name: DynamicBatcher(
                 reward.score,
                 reward.spec.max_batch_size,
-                reward.spec.max_wait_ms,
                 name=name,
                 observer=observer_factory(name) if observer_factory else None,
             )
@@ -150,7 +149,8 @@ class ScoringService:
 
     def measure(self, request: ScoreRequest) -> tuple[int, int]:
         """(compressed, raw) pixels the request's images decode to, from their headers; refuses
-        (422, naming the image) a request over ``max_request_pixels`` before anything is decoded."""
+        (422, naming the image) a request over ``max_request_pixels`` before anything is decoded.
+        An unreadable header counts as the largest image allowed (decoding will say what is wrong)."""
         compressed = raw = 0
         limit = self.limits.max_request_pixels
         for i, sample in enumerate(request.samples):
@@ -158,9 +158,12 @@ class ScoringService:
             images += [(s.reference, f"samples[{i}].subjects[{j}].reference")
                        for j, s in enumerate(sample.subjects) if s.reference is not None]
             for image, where in images:
-                pixels = image_pixels(image, self.limits)
+                pixels = image_pixels(image)
                 if isinstance(image, RawImage):
                     raw += pixels
+                elif pixels is None:
+                    compressed += self.limits.max_pixels
+                    continue  # not a reason to refuse: the decoder's message will be the better one
                 else:
                     compressed += pixels
                 if compressed + raw > limit:

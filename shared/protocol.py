@@ -243,24 +243,24 @@ class InvalidRequest(ValueError):
     """A request that cannot be scored; the message names the offending field."""
 
 
-def image_pixels(image: RawImage | bytes, limits: ImageLimits = DEFAULT_LIMITS) -> int:
-    """Pixels ``image`` will decode to, read from its header (microseconds, nothing decoded).
-
-    A header that cannot be read counts as the largest image allowed: decoding will tell."""
+def image_pixels(image: RawImage | bytes) -> int | None:
+    """Pixels ``image`` will decode to, read from its header (microseconds, nothing decoded);
+    None when the header cannot be read (decoding will say why)."""
     if isinstance(image, RawImage):
         return image.shape[0] * image.shape[1]
     size = compressed_size(image)
-    return size[0] * size[1] if size else limits.max_pixels
+    return size[0] * size[1] if size else None
 
 
 def request_pixels(request: ScoreRequest, limits: ImageLimits = DEFAULT_LIMITS) -> int:
-    """Pixels all images of ``request`` (references included) will decode to, from their headers."""
+    """Pixels all images of ``request`` (references included) will decode to, from their headers;
+    an unreadable header counts as the largest image ``limits`` allow."""
     total = 0
     for sample in request.samples:
-        total += image_pixels(sample.image, limits)
-        for subject in sample.subjects:
-            if subject.reference is not None:
-                total += image_pixels(subject.reference, limits)
+        images = [sample.image, *(s.reference for s in sample.subjects if s.reference is not None)]
+        for image in images:
+            pixels = image_pixels(image)
+            total += limits.max_pixels if pixels is None else pixels
     return total
 
 
