@@ -13,4 +13,4 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"
 ENTRYPOINT ["psr"]
-CMD ["serve", "--config", "/config/rewards.yaml", "--host", "0.0.0.0", "--port", "8000", "--redis", "redis://redis:6379/0"]
+CMD ["serve", "--config", "/config/rewards_psr.yaml", "--host", "0.0.0.0", "--port", "8000", "--redis", "redis://redis:6379/0"]

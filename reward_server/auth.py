@@ -30,11 +30,18 @@ ANONYMOUS = "anonymous"
 CURRENT_CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("psr_caller", default=ANONYMOUS)
 
 
+# Words of example keys in docs and env files: such a key works for anyone who read the docs.
+PLACEHOLDER_WORDS = ("change-me", "changeme", "replace-me", "replace_me", "placeholder", "your-key", "example-key")
+
+
 def _parse_entry(entry: str, where: str) -> tuple[str, str]:
     name, sep, key = entry.partition(":")
     if not sep:
         name, key = "key-" + hashlib.sha256(entry.encode()).hexdigest()[:8], entry
     name, key = name.strip(), key.strip()
+    if any(word in key.lower() for word in PLACEHOLDER_WORDS):
+        raise ConfigError(f"the API key {name!r} in {where} is the example placeholder; set a real one: "
+                          "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
     if len(key) < MIN_KEY_LENGTH:
         raise ConfigError(f"an API key in {where} is shorter than {MIN_KEY_LENGTH} characters; "
                           "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")

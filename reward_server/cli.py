@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--redis", default=os.environ.get("PSR_REDIS_URL"), metavar="URL",
                        help="score on `psr worker` processes through this Redis (redis:// or rediss://) "
                        "instead of in-process; or set PSR_REDIS_URL")
+    serve.add_argument("--check", action="store_true",
+                       help="validate the config, local model paths, devices and API keys without loading weights; "
+                       "exit 0 when all is well")
     serve.set_defaults(func=cmd_serve)
 
     score = subparsers.add_parser("score", help="score local image files against a running server")
@@ -62,10 +65,11 @@ def parse_weights(specs: list[str]) -> dict[str, float]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from reward_server.app import create_app
+    from reward_server.auth import load_api_keys
     from reward_server.config import ServerConfig
     from reward_server.front import install_front
     from reward_server.models.quiet import quiet_model_libraries
-    from reward_server.registry import build_rewards
+    from reward_server.registry import build_rewards, check_report, check_rewards
     from reward_server.serving import make_server
     from shared.config import load_config
 
@@ -73,6 +77,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(ServerConfig, args.config, args.set)
     only = args.rewards.split(",") if args.rewards else None
     rewards = build_rewards(config, only)
+    load_api_keys()  # a bad or placeholder key stops start-up here, not at the first request
+    if not args.redis:  # models load in this process: missing paths and GPUs are reported now
+        check_rewards(rewards)
+    if args.check:
+        print(check_report(args.config, rewards, "front: models load on the workers" if args.redis else None))
+        return 0
     backend = None
     if args.redis:  # a front: models live on the workers
         from reward_server.queue.backend import RedisBackend

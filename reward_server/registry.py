@@ -7,6 +7,7 @@ import logging
 from reward_server.config import ServerConfig
 from reward_server.rewards import Reward, get_reward_type
 from shared.config import ConfigError
+from shared.paths import resolve_path, where
 
 log = logging.getLogger(__name__)
 
@@ -19,11 +20,31 @@ def build_rewards(config: ServerConfig, only: list[str] | None = None) -> dict[s
         if unknown:
             raise ConfigError(f"rewards {unknown} are not in the config; configured: {', '.join(names)}")
         names = [n for n in names if n in only]
-    return {name: get_reward_type(config.rewards[name].type)(name, config.rewards[name]) for name in names}
+    rewards = {}
+    for name in names:
+        reward = get_reward_type(config.rewards[name].type)(name, config.rewards[name])
+        reward.source = str(config.source) if config.source else None
+        for key, value in reward.model_refs().items():  # relative paths: see shared.paths
+            reward.set_model_ref(key, resolve_path(value, config.path_base(f"rewards.{name}.{key}")))
+        rewards[name] = reward
+    return rewards
+
+
+def check_rewards(rewards: dict[str, Reward]) -> None:
+    """Everything that can be checked without loading weights: local paths exist, devices exist."""
+    from reward_server.models.device import resolve_device
+
+    for name, reward in rewards.items():
+        reward.check_model_refs()
+        try:
+            resolve_device(reward.spec.device)
+        except (RuntimeError, ValueError) as exc:
+            raise ConfigError(f"{where(reward.source, f'rewards.{name}.device')}: {exc}; set it to auto or cpu") from exc
 
 
 def load_rewards(rewards: dict[str, Reward]) -> None:
     """Load every reward's model; a failure stops start-up with the reward's name."""
+    check_rewards(rewards)  # a missing local path or GPU is reported at once, not after a hub timeout
     for name, reward in rewards.items():
         log.info("loading reward %s (%s, model=%s)", name, reward.type_name, reward.spec.model)
         try:
@@ -31,3 +52,10 @@ def load_rewards(rewards: dict[str, Reward]) -> None:
         except Exception as exc:
             raise RuntimeError(f"reward {name!r} failed to load: {exc}") from exc
         reward.loaded = True
+
+
+def check_report(path: str, rewards: dict[str, Reward], note: str | None = None) -> str:
+    """The one-line summary ``--check`` prints when a config passes."""
+    hosted = ", ".join(f"{n} ({r.type_name})" for n, r in rewards.items())
+    extra = f"; {note}" if note else ""
+    return f"{path}: OK: {len(rewards)} rewards: {hosted} (no weights loaded; hub ids not looked up{extra})"

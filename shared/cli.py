@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "reward_server.queue.cli",
     "trainer.cli",
     "trainer.evaluation.cli",
+    "trainer.datagen.cli",
 ]
 
 

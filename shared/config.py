@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -17,6 +17,26 @@ class StrictModel(BaseModel):
     """Base for every config section: unknown keys raise, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # Set by ``load_config`` on the top-level model: the YAML file and the keys given with --set
+    # (relative paths follow the rule in ``shared.paths``).
+    _source: Path | None = PrivateAttr(default=None)
+    _cli_keys: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    @property
+    def source(self) -> Path | None:
+        """The YAML file this config was read from (``None`` when built in code)."""
+        return self._source
+
+    def path_base(self, key: str) -> Path:
+        """Where a relative path under dotted ``key`` starts: cwd for ``--set`` values, else the file's folder."""
+        if self._source is None or any(key == k or key.startswith(k + ".") for k in self._cli_keys):
+            return Path.cwd()
+        return self._source.resolve().parent
+
+
+# Marks a config field that names a checkpoint or file (hub id or local path): checked by
+# ``shared.paths.check_model_ref`` and resolved by the relative-path rule.
+MODEL_REF = {"model_ref": True}
 
 
 class ConfigError(ValueError):
@@ -64,13 +84,30 @@ def load_config(
 ) -> ModelT:
     """Build a config model from a YAML file plus ``key=value`` overrides."""
     data = read_yaml(path) if path is not None else {}
-    for key, value in parse_overrides(overrides or []):
+    pairs = parse_overrides(overrides or [])
+    for key, value in pairs:
         set_dotted(data, key, value)
     try:
-        return model.model_validate(data)
+        config = model.model_validate(data)
     except ValidationError as exc:
         where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid configuration{where}:\n{exc}") from exc
+        raise ConfigError(f"invalid configuration{where}: {describe_errors(exc)}") from exc
+    if isinstance(config, StrictModel):
+        config._source = Path(path) if path is not None else None
+        config._cli_keys = frozenset(key for key, _ in pairs)
+    return config
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """Pydantic's errors on one line: ``key.sub: what is wrong; other.key: ...``."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"{msg}: an unknown key (check its spelling against the documented keys)"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
 
 
 def config_hash(obj: Any) -> str:

@@ -36,6 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="continue from a checkpoint folder, or the newest under run.output_dir if no value",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--check", action="store_true",
+                   help="validate the config, paths and placeholders without loading weights or contacting the server")
+    p.add_argument("--rewards-config", default=None, metavar="FILE",
+                   help="with --check: the server's rewards.yaml, to check it defines every weighted reward")
     p.set_defaults(func=_train)
 
 
@@ -43,14 +47,22 @@ def _train(args: argparse.Namespace) -> int:
     from shared.config import ConfigError, load_config
     from trainer.config import TrainConfig
     from trainer.grpo import RequiredRewardFailed
+    from trainer.preflight import check_train_config, resolve_paths
     from trainer.scoring import RewardRequestRefused
     from trainer.train import run_training
 
     try:
-        cfg = load_config(TrainConfig, args.config, args.overrides)
+        cfg = resolve_paths(load_config(TrainConfig, args.config, args.overrides))
+        check_train_config(cfg, args.rewards_config)
     except ConfigError as exc:
         print(f"psr train: {exc}", file=sys.stderr)
         return 2
+    if args.check:
+        names = ", ".join(f"{k}={v:g}" for k, v in cfg.rewards.reward_weights.items())
+        paired = f"; {args.rewards_config} defines them all" if args.rewards_config else ""
+        print(f"{args.config}: OK: model {cfg.model.path}, rewards {names}{paired}, output {cfg.run.output_dir} "
+              "(no weights loaded; the server is asked at start)")
+        return 0
     try:
         summary = run_training(
             cfg,

@@ -68,7 +68,7 @@ class DataConfig(StrictModel):
     prompts: list[PromptItem] = Field(default_factory=list, description="inline prompt items")
     file: str | None = Field(
         default=None,
-        description="JSON list of {instruction, input_path: [...], category1..N} (PSRBench layout)",
+        description="a dataset (README 'Data': the dataset format): its dataset.json or its folder, e.g. psr datagen's OUT",
     )
 
     @model_validator(mode="after")

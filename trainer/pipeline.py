@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from shared.images import to_uint8_array
+from shared.paths import check_model_ref
 
 log = logging.getLogger(__name__)
 MAX_REFERENCES = 4
@@ -133,6 +134,7 @@ class MultiRefGenerator:
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
         path = str(path)
+        check_model_ref(path, "generator")  # a missing local folder is not retried as a hub id
         if Path(path).exists() and not (Path(path) / "model_index.json").is_file():
             raise FileNotFoundError(f"{path} is not a pipeline folder: model_index.json is missing")
         kw = {"torch_dtype": dtype}

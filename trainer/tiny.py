@@ -48,8 +48,11 @@ def _t5_tokenizer():
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=T5_MAX_LENGTH)
 
 
-def make_tiny_generator(out_dir: Path, seed: int = 0) -> Path:
-    """Write a tiny random multi-reference generator to ``out_dir`` and return the path."""
+def make_tiny_generator(out_dir: Path, seed: int = 0, pipeline_class: str = "FluxKontextPipeline") -> Path:
+    """Write a tiny random multi-reference generator to ``out_dir`` and return the path.
+
+    ``pipeline_class`` names the diffusers pipeline of ``model_index.json``: ``FluxPipeline`` makes
+    the same components a tiny text-to-image pipeline (``psr datagen``'s ``t2i``)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
@@ -137,7 +140,7 @@ def make_tiny_generator(out_dir: Path, seed: int = 0) -> Path:
     }
     for name, part in parts.items():
         part.save_pretrained(out_dir / name)
-    index = {"_class_name": "FluxKontextPipeline", "_diffusers_version": "0.42.1"}
+    index = {"_class_name": pipeline_class, "_diffusers_version": "0.42.1"}
     index.update({name: [_library(part), type(part).__name__] for name, part in parts.items()})
     (out_dir / "model_index.json").write_text(json.dumps(index, indent=2))
     return out_dir

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from trainer.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.monitor import Monitor, StepTimer, score_grid
 from trainer.policy import build_policy
+from trainer.preflight import check_hosted_rewards
 from trainer.rollout import load_items, pick_items, sample_group_batch, submit_scores
 from trainer.scoring import StepScores
 from trainer.update import optimise, optimizer_steps_per_epoch
@@ -40,6 +40,7 @@ class FlowGRPOTrainer:
     def __init__(self, cfg: TrainConfig, reward_client: Any = None, base_dir: Path = Path(".")):
         self.cfg = cfg
         self.client = reward_client if reward_client is not None else make_reward_client(cfg)
+        check_hosted_rewards(self.client, cfg)  # before the generator loads (minutes for a real one)
         self.items = load_items(cfg.data, base_dir)
         opt_steps = optimizer_steps_per_epoch(cfg) * cfg.grpo.inner_epochs
         self.policy = build_policy(cfg, opt_steps * cfg.run.steps)
@@ -96,21 +97,12 @@ class FlowGRPOTrainer:
         self.monitor.close()
         return self.summary()
 
-    @contextlib.contextmanager
-    def _cpu_threads(self) -> Iterator[None]:
+    def _cpu_threads(self) -> contextlib.AbstractContextManager:
         """Use ``model.cpu_threads`` torch threads during training on the CPU, then restore."""
-        import torch
+        from reward_server.models.device import torch_threads
 
-        wanted = self.cfg.model.cpu_threads
-        if not wanted or self.acc.device.type != "cpu":
-            yield
-            return
-        before = torch.get_num_threads()
-        torch.set_num_threads(wanted)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
+        on_cpu = self.acc.device.type == "cpu"
+        return torch_threads(self.cfg.model.cpu_threads if on_cpu else None)
 
     def train_step(self, step: int) -> dict[str, float]:
         """One step: sample, score, advantages, optimise; then log and maybe checkpoint."""

@@ -30,7 +30,7 @@ import torch
 from pydantic import Field
 
 from reward_server.models.preprocess import to_device_uint8
-from shared.config import StrictModel
+from shared.config import MODEL_REF, StrictModel
 
 Box = tuple[float, float, float, float]
 DetectorKind = Literal["grounding_dino", "owlv2", "fixed"]
@@ -53,7 +53,9 @@ class DetectorOptions(StrictModel):
     """Which open-vocabulary detector to run and how to filter its boxes."""
 
     kind: DetectorKind = Field(default="grounding_dino", description="grounding_dino, owlv2, or fixed (tests)")
-    model: str | None = Field(default=None, description="hub id or local path; default per kind (see DEFAULT_MODELS)")
+    model: str | None = Field(
+        default=None, description="hub id or local path; default per kind (see DEFAULT_MODELS)", json_schema_extra=MODEL_REF
+    )
     box_threshold: float | None = Field(
         default=None, ge=0, le=1, description="min box confidence; default 0.35 (grounding_dino), 0.1 (owlv2)"
     )

@@ -1,6 +1,6 @@
 """Vision-language judges that rate an image 0-10, and the strict parsing of their answers.
 
-* ``TransformersJudge``: Qwen2.5-VL / Qwen2-VL in process (``AutoModelForImageTextToText``).
+* ``TransformersJudge``: Qwen2.5-VL / Qwen2-VL in process (``vlm.VisionLanguageModel``).
   The answer is primed with ``"Score: "`` and the score is the *expected value* of the digit
   distribution of the next token(s), not a sampled string: P(0..9) from the first token, and
   P("10") = P("1") * P("0" | "1") from a second step forced through "1" (Qwen's tokenizer spells
@@ -19,17 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from reward_server.models.vlm import ChatQuery, VisionLanguageModel
+
+JudgeQuery = ChatQuery  # one judgement: chat content parts and their images
 ANSWER_PREFIX = "Score: "
 _SCORE_LINE = re.compile(r"^\s*\**\s*score\s*\**\s*[:=]\s*\**\s*(\d{1,2}(?:\.\d+)?)\s*(?:/\s*10)?\s*\**\s*\.?\s*$", re.I | re.M)
-
-
-@dataclass
-class JudgeQuery:
-    """One judgement: chat content parts (``{"type": "text", "text": ...}`` or ``{"type": "image"}``)
-    and the images, in the order their placeholders appear."""
-
-    content: list[dict[str, Any]]
-    images: list[np.ndarray]
 
 
 @dataclass
@@ -59,7 +53,7 @@ def parse_score(text: str) -> float | str:
     return value
 
 
-class TransformersJudge:
+class TransformersJudge(VisionLanguageModel):
     """Qwen2(.5)-VL in process, batched, scoring by expected digit probability."""
 
     def __init__(
@@ -72,15 +66,8 @@ class TransformersJudge:
         min_digit_mass: float = 0.5,
         batch_size: int = 8,
     ):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        pixels = {k: v for k, v in {"min_pixels": min_pixels, "max_pixels": max_pixels}.items() if v is not None}
-        self.processor = AutoProcessor.from_pretrained(model_path, **pixels)
-        self.processor.tokenizer.padding_side = "left"  # the last position is every prompt's next token
-        self.model = AutoModelForImageTextToText.from_pretrained(model_path, torch_dtype=dtype).to(device).eval()
-        self.device = device
+        super().__init__(model_path, device, dtype, min_pixels, max_pixels, batch_size)
         self.min_digit_mass = min_digit_mass
-        self.batch_size = batch_size
         tokenizer = self.processor.tokenizer
         self.digit_ids = [self._single_token(str(d)) for d in range(10)]
         ten = tokenizer.encode("10", add_special_tokens=False)
@@ -92,9 +79,9 @@ class TransformersJudge:
             raise ValueError(f"the judge's tokenizer splits {text!r} into {len(ids)} tokens; digits must be single tokens")
         return ids[0]
 
-    def prompt_text(self, query: JudgeQuery) -> str:
-        messages = [{"role": "user", "content": query.content}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + ANSWER_PREFIX
+    def prompt_text(self, query: JudgeQuery, answer_prefix: str = ANSWER_PREFIX) -> str:
+        """The chat prompt with the answer primed by ``Score: ``."""
+        return super().prompt_text(query, answer_prefix)
 
     def judge(self, queries: Sequence[JudgeQuery]) -> list[Judgement]:
         out: list[Judgement] = []
@@ -104,12 +91,7 @@ class TransformersJudge:
 
     @torch.inference_mode()
     def _judge_chunk(self, queries: Sequence[JudgeQuery]) -> list[Judgement]:
-        texts = [self.prompt_text(q) for q in queries]
-        images = [q.images for q in queries]
-        inputs = self.processor(text=texts, images=images if any(images) else None, padding=True, return_tensors="pt")
-        inputs = inputs.to(self.device)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        inputs = self.inputs(queries, ANSWER_PREFIX)
         prompt_len = inputs["input_ids"].shape[1]
         one = self.digit_ids[1]
         vocab = self.model.get_output_embeddings().weight.shape[0]

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from reward_server.config import RewardSpec
 from shared.config import StrictModel
+from shared.paths import check_model_ref
 from shared.protocol import Sample
 from shared.scoring import PROMPT, REFERENCES, SUBJECTS, ScoreResult, missing_input
 
@@ -36,6 +37,29 @@ class Reward(ABC):
         self.spec = spec
         self.options = self.Options.model_validate(spec.options)
         self.loaded = False
+        self.source: str | None = None  # the config file, for messages (set by build_rewards)
+
+    def model_refs(self) -> dict[str, str]:
+        """Checkpoints and files this reward loads, by key (``model``, ``options.detector.model``...)."""
+        refs = {"model": self.spec.model} if self.spec.model else {}
+        refs.update(_option_refs(self.options, "options"))
+        return refs
+
+    def set_model_ref(self, key: str, value: str) -> None:
+        """Replace one of ``model_refs()`` (e.g. with the resolved absolute path)."""
+        if key == "model":
+            self.spec = self.spec.model_copy(update={"model": value})
+            return
+        *parents, leaf = key.split(".")[1:]
+        node = self.options
+        for part in parents:
+            node = getattr(node, part)
+        setattr(node, leaf, value)
+
+    def check_model_refs(self) -> None:
+        """Report a local checkpoint path that does not exist, naming the config file and key."""
+        for key, value in self.model_refs().items():
+            check_model_ref(value, f"rewards.{self.name}.{key}", self.source)
 
     @abstractmethod
     def load(self) -> None:
@@ -69,3 +93,15 @@ class Reward(ABC):
             "options": self.options.model_dump(),
             "loaded": self.loaded,
         }
+
+
+def _option_refs(options: StrictModel, prefix: str) -> dict[str, str]:
+    """Values of fields marked ``MODEL_REF`` in an options model, nested models included."""
+    refs: dict[str, str] = {}
+    for field_name, info in type(options).model_fields.items():
+        value = getattr(options, field_name)
+        if isinstance(value, StrictModel):
+            refs.update(_option_refs(value, f"{prefix}.{field_name}"))
+        elif value and (info.json_schema_extra or {}).get("model_ref"):
+            refs[f"{prefix}.{field_name}"] = value
+    return refs

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from reward_server.rewards import register
 from reward_server.rewards.base import PROMPT, Reward, ScoreResult
-from shared.config import StrictModel
+from shared.config import MODEL_REF, StrictModel
 from shared.protocol import Sample
 
 
@@ -26,7 +26,9 @@ class ClipTOptions(StrictModel):
         description="cosine: cos(text, image) in [-1, 1]; clipscore: 2.5 * max(cos, 0) (Hessel et al.); "
         "logit: model.logit_scale.exp() * cos (PickScore convention)",
     )
-    tokenizer: str | None = Field(default=None, description="tokenizer path or hub id; default: the model's")
+    tokenizer: str | None = Field(
+        default=None, description="tokenizer path or hub id; default: the model's", json_schema_extra=MODEL_REF
+    )
     max_length: int | None = Field(
         default=None, ge=2, description="token limit; default: the text tower's position count (77 for CLIP)"
     )

@@ -20,13 +20,15 @@ from pydantic import Field
 
 from reward_server.rewards import register
 from reward_server.rewards.base import PROMPT, Reward, ScoreResult
-from shared.config import StrictModel
+from shared.config import MODEL_REF, StrictModel
 from shared.protocol import Sample
 
 
 class HpsOptions(StrictModel):
     architecture: str = Field(default="ViT-H-14", description="open_clip model name the state dict belongs to")
-    model_config_dir: str | None = Field(default=None, description="folder of extra open_clip model configs (JSON)")
+    model_config_dir: str | None = Field(
+        default=None, description="folder of extra open_clip model configs (JSON)", json_schema_extra=MODEL_REF
+    )
     mode: Literal["cosine", "logit"] = Field(default="cosine", description="cosine (HPSv2's score) or logit_scale * cosine")
 
 

@@ -25,7 +25,7 @@ from reward_server.models.device import resolve_device, resolve_dtype
 from reward_server.models.judge import JudgeQuery
 from reward_server.rewards import register
 from reward_server.rewards.base import PROMPT, Reward, ScoreResult
-from shared.config import StrictModel
+from shared.config import MODEL_REF, StrictModel
 from shared.protocol import Sample
 
 TASKS = ("attribute", "action", "background", "complex", "generic")
@@ -39,7 +39,9 @@ class JudgeOptions(StrictModel):
     task: Literal["auto", "attribute", "action", "background", "complex", "generic"] = Field(
         default="auto", description="prompt template; 'auto' reads metadata['task'] and falls back to generic"
     )
-    prompts_dir: str | None = Field(default=None, description="folder of <task>.txt files replacing the built-in templates")
+    prompts_dir: str | None = Field(
+        default=None, description="folder of <task>.txt files replacing the built-in templates", json_schema_extra=MODEL_REF
+    )
     include_references: bool = Field(default=True, description="show the subjects' reference images to the judge")
     # transformers backend
     min_pixels: int | None = Field(default=None, ge=1, description="transformers: processor min_pixels per image")
@@ -91,6 +93,12 @@ class VlmJudgeReward(Reward):
     description = "semantic alignment: a VLM rates 0-10 how well the image follows the instruction (reported 0-1)"
     inputs = frozenset({PROMPT})
     Options = JudgeOptions
+
+    def model_refs(self) -> dict[str, str]:
+        refs = super().model_refs()
+        if self.options.backend == "openai":
+            refs.pop("model", None)  # the served model's name, not a checkpoint
+        return refs
 
     def load(self) -> None:
         opts = self.options

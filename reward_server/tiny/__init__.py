@@ -34,7 +34,7 @@ def make_tiny(root: str | Path, seed: int = 0) -> Path:
     """Write every tiny model under ``root`` and ``root/rewards.yaml``; returns the config path."""
     import torch
 
-    root = Path(root)
+    root = Path(root).resolve()  # the config names absolute paths: it works from any folder
     root.mkdir(parents=True, exist_ok=True)
     rewards: dict[str, Any] = {}
     for name in writer_modules():

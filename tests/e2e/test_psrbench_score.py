@@ -25,10 +25,10 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def server(tiny_config: Path, tmp_path_factory) -> str:
-    """``psr make-tiny``'s subject, subject_paper, judge, position and HPSv2 rewards (the default
+    """``psr make-tiny``'s subject, subject_paper, judge, position and HPSv3 rewards (the default
     dimension names), and a judge stand-in that fails on "jumping"."""
     rewards = yaml.safe_load(tiny_config.read_text())["rewards"]
-    hosted = {n: rewards[n] for n in ("subject", "subject_paper", "judge", "position", "hpsv2")}
+    hosted = {n: rewards[n] for n in ("subject", "subject_paper", "judge", "position", "hpsv3")}
     assert hosted["subject_paper"]["options"]["paper_fallback"] is True
     hosted["flaky_judge"] = {"type": "fixed_cost", "options": {"error_on": "jumping"}}
     config = tmp_path_factory.mktemp("bench-server") / "rewards.yaml"
@@ -74,7 +74,7 @@ def test_score_synthetic_set_through_a_real_server(server, bench, tmp_path):
         categories = [item[f"category{k + 1}"] for k in range(len(item["input_path"]))]
         assert [s["category"] for s in rec["details"]["sc"]["subjects"]] == categories
         assert rec["rewards"]["sc_paper"] == "subject_paper" and rec["versions"]["sc_paper"] != rec["versions"]["sc"]
-        assert rec["rewards"]["aesthetics"] == "hpsv2"
+        assert rec["rewards"]["aesthetics"] == "hpsv3"
 
     table = list(csv.DictReader((out / "table.csv").open()))
     assert [r["subset"] for r in table] == ["Attribute", "Action", "Background", "Position", "Complex",

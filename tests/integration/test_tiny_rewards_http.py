@@ -45,7 +45,8 @@ def test_a_model_that_fails_to_load_stops_the_server(tmp_path):
 
     from tests.servers import REPO, psr_command, repo_env, write_config
 
-    config = write_config(tmp_path / "r.yaml", {"sim": {"type": "image_similarity", "model": str(tmp_path / "nope")}})
+    (tmp_path / "empty").mkdir()  # exists (a missing path is a config error, exit 2) but holds no checkpoint
+    config = write_config(tmp_path / "r.yaml", {"sim": {"type": "image_similarity", "model": str(tmp_path / "empty")}})
     out = subprocess.run(psr_command("serve", "--config", str(config), "--port", "0"),
                          env=repo_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1

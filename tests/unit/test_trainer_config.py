@@ -18,7 +18,7 @@ def test_shipped_configs_load():
     paper = load_config(TrainConfig, CONFIGS / "psr_flux_kontext.yaml")
     assert paper.sampling.group_size == 6 and paper.sampling.num_steps == 28 and paper.model.resolution == 512
     assert paper.lora.rank == 64 and paper.optim.lr == 1e-5
-    assert paper.rewards.reward_weights == {"subject_consistency": 0.4, "vlm_judge": 0.4, "hpsv3": 0.2}
+    assert paper.rewards.reward_weights == {"subject": 0.4, "judge": 0.4, "hpsv3": 0.2}
 
 
 @pytest.mark.parametrize(

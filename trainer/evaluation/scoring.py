@@ -41,7 +41,7 @@ class BenchRewards(StrictModel):
                                  "protocol (a subject_consistency reward with paper_fallback: true; null: not reported)")
     sa: str = Field(default="judge", description="semantic alignment of every subset but Position (0-1)")
     sa_position: str = Field(default="position", description="semantic alignment of Position: the box rule")
-    aesthetics: str | None = Field(default="hpsv2", description="aesthetics/preference (null: not reported)")
+    aesthetics: str | None = Field(default="hpsv3", description="aesthetics/preference, HPSv3 as in the paper (null: not reported)")
 
 
 class BenchConfig(StrictModel):

@@ -1,0 +1,87 @@
+"""What ``psr train`` checks before any weights load: paths, placeholders, and the reward server.
+
+Relative paths follow ``shared.paths``' rule: ``model.path``, ``data.file`` and
+``run.output_dir`` written in the config file start at its folder; given with ``--set`` they
+start at the current folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from shared.config import ConfigError, load_config
+from shared.paths import MissingPathError, check_model_ref, resolve_path, where
+from trainer.config import TrainConfig
+
+PLACEHOLDER = "REPLACE_WITH"
+_FIXES = {
+    "model.path": "set it to the generator folder or hub id, e.g. --set model.path=DIR/generator after `psr make-tiny DIR`",
+    "data.file": "set it to a dataset file or folder, e.g. --set data.file=/data/train.json",
+}
+
+
+def resolve_paths(cfg: TrainConfig) -> TrainConfig:
+    """A copy of ``cfg`` whose local paths are absolute, by the relative-path rule."""
+    out = cfg.model_copy(deep=True)
+    out.model.path = resolve_path(cfg.model.path, cfg.path_base("model.path"))
+    out.run.output_dir = resolve_path(cfg.run.output_dir, cfg.path_base("run.output_dir"), always_local=True)
+    if cfg.data.file and not cfg.data.file.startswith(PLACEHOLDER):
+        out.data.file = resolve_path(cfg.data.file, cfg.path_base("data.file"), always_local=True)
+    out._source, out._cli_keys = cfg._source, cfg._cli_keys
+    return out
+
+
+def check_train_config(cfg: TrainConfig, rewards_config: str | Path | None = None) -> None:
+    """Raise ``ConfigError`` (one line: file, key, fix) for what would fail after loading the generator."""
+    src = cfg.source
+    for key, value in (("model.path", cfg.model.path), ("data.file", cfg.data.file)):
+        if value and value.startswith(PLACEHOLDER):
+            raise ConfigError(f"{where(src, key)}: still the placeholder {value}; {_FIXES[key]}")
+    check_model_ref(cfg.model.path, "model.path", src)
+    if cfg.model.device.startswith("cuda"):
+        from reward_server.models.device import resolve_device
+
+        try:
+            resolve_device(cfg.model.device)
+        except (RuntimeError, ValueError) as exc:
+            raise ConfigError(f"{where(src, 'model.device')}: {exc}; set it to auto or cpu") from None
+    if cfg.data.file and not Path(cfg.data.file).exists():
+        raise MissingPathError(f"{where(src, 'data.file')}: {cfg.data.file} does not exist; {_FIXES['data.file']}")
+    if not cfg.rewards.url:
+        raise ConfigError(f"{where(src, 'rewards.url')}: not set; point it at a reward server, "
+                          "e.g. --set rewards.url=http://127.0.0.1:8000")
+    if rewards_config is not None:
+        from reward_server.config import ServerConfig
+
+        server = load_config(ServerConfig, rewards_config)
+        _compare(cfg, set(server.rewards), f"{rewards_config} defines")
+
+
+def _compare(cfg: TrainConfig, hosted: set[str], what: str) -> None:
+    missing = sorted(set(cfg.rewards.reward_weights) - hosted)
+    if missing:
+        raise ConfigError(
+            f"{where(cfg.source, 'rewards.reward_weights')}: names {missing}, but {what} only "
+            f"{sorted(hosted)}; rename the weights or add those rewards to the server's config"
+        )
+
+
+def check_hosted_rewards(client: Any, cfg: TrainConfig) -> None:
+    """Before the generator loads: the server must host every weighted reward (skipped for clients
+    that cannot list their rewards, e.g. in-process ones)."""
+    from trainer.scoring import RewardRequestRefused
+
+    if not callable(getattr(client, "rewards", None)):
+        return
+    try:
+        hosted = {r["name"] for r in client.rewards()}
+    except Exception as exc:
+        raise RewardRequestRefused(
+            f"cannot list the rewards of the reward service at {cfg.rewards.url}: {exc}; "
+            "start it (psr serve --config ...) or fix rewards.url"
+        ) from exc
+    try:
+        _compare(cfg, hosted, f"the server at {cfg.rewards.url} hosts")
+    except ConfigError as exc:
+        raise RewardRequestRefused(str(exc)) from None
