@@ -66,10 +66,11 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-timeout", type=float, default=0.01, help="seconds")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    parser.add_argument("--fast-queue", action="store_true", help="LitServe's ZeroMQ queues instead of multiprocessing")
     args = parser.parse_args()
     api = RewardAPI(args.config, args.reward, args.threads, max_batch_size=args.max_batch_size,
                     batch_timeout=args.batch_timeout if args.max_batch_size > 1 else 0.0)
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=60)
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=60, fast_queue=args.fast_queue)
     server.run(host="127.0.0.1", port=args.port, num_api_servers=1, log_level="warning",
                generate_client_file=False)
 

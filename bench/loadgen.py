@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -130,6 +131,31 @@ def run_load(host: str, port: int, requests: list[HttpRequest], callers: int, du
     except ImportError:
         runner = asyncio.run
     return runner(_run(host, port, requests, callers, duration, warmup))
+
+
+def paired_latencies(host: str, port: int, request: HttpRequest, n: int,
+                     between: Callable[[], float]) -> list[tuple[float, float]]:
+    """One caller on one connection: ``between()`` (returns milliseconds of other work, e.g. the model
+    alone), then one request, ``n`` times; returns (request ms, ``between`` ms) pairs taken moments
+    apart, so a change in the machine's load hits both alike."""
+
+    async def pairs() -> list[tuple[float, float]]:
+        reader, writer = await asyncio.open_connection(host, port)
+        out = []
+        try:
+            for _ in range(n):
+                other = between()
+                sent = time.perf_counter()
+                writer.write(request.data)
+                status, body = await _read_answer(reader)
+                if status != 200:
+                    raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
+                out.append(((time.perf_counter() - sent) * 1000, other))
+        finally:
+            writer.close()
+        return out
+
+    return asyncio.run(pairs())
 
 
 def post_once(host: str, port: int, request: HttpRequest) -> tuple[int, bytes]:
