@@ -18,15 +18,22 @@ reports its error; the others still run):
 * ``bf16``: max |bf16 - fp32| of the dino_i and subject scores on the same images;
 * ``overlap``: share of the trainer's step spent waiting for rewards, blocking vs overlapped.
 
-Without a GPU (and without ``--dry-run``) it prints ``{"skipped": ...}`` and exits 0. On a machine
-with only torch + transformers, install first (README "GPU check"): diffusers, peft, accelerate,
-safetensors, fastapi, uvicorn, starlette, pydantic, httpx, msgpack, pyyaml, scipy, open_clip_torch,
-prometheus-client, redis, tensorboard, tqdm, then this repository (``pip install --no-deps -e .``).
+Without a GPU (and without ``--dry-run``) it prints ``{"skipped": ...}`` and exits 0. The dry run builds
+the same models the same way (random weights from configs, on the device, in the run's dtype) at
+tiny sizes, so a GPU run fails only on what needs a GPU. The tiny HPSv3 tokenizer spells each word
+of HPSv3's 430-word instruction in about one token, as Qwen's does, so the sequence has about its
+real length; the judge's short prompt is spelt in bytes (~100 text tokens beside 3 x 256 image
+tokens). ``tokens_per_prompt`` / ``tokens_per_sample`` report both.
+
+On a machine with only torch + transformers: ``python -m bench.gpu_wheels`` (where PyPI is
+reachable) writes the wheels to carry, ``bash bench/gpu_check.sh`` installs them beside the
+machine's environment and runs this (README "GPU check").
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -75,23 +82,43 @@ def write_real_vision(root: Path) -> dict[str, dict]:
     }
 
 
-def qwen_vl_config(generation: str, tokenizer) -> Any:
-    """Qwen2-VL-7B / Qwen2.5-VL-7B sizes with the tiny tokenizer's special-token ids."""
+def qwen_vl_config(generation: str, tokenizer, real: bool = True) -> Any:
+    """Qwen2-VL-7B / Qwen2.5-VL-7B sizes (or tiny ones for the dry run) with ``tokenizer``'s special-token ids."""
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
     vocab = tokenizer.get_vocab()
     ids = dict(image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
                vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"])
-    text = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
-                rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[16, 24, 24]))
+    if real:
+        text = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                    num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
+                    rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[16, 24, 24]))
+    else:  # head_dim 16 = 2 * sum(mrope_section)
+        text = dict(vocab_size=len(tokenizer) + 8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32768,
+                    rope_parameters=dict(rope_type="default", rope_theta=1e4, mrope_section=[2, 3, 3]))
     if generation == "qwen2_5_vl":
-        vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                      fullatt_block_indexes=[7, 15, 23, 31])
+        vision = (dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                       window_size=112, fullatt_block_indexes=[7, 15, 23, 31]) if real else
+                  dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
+                       window_size=56, fullatt_block_indexes=[1]))
+        vision.update(patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
         return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
-    vision = dict(depth=32, embed_dim=1280, hidden_size=3584, mlp_ratio=4, num_heads=16, patch_size=14)
-    return Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
+    vision = (dict(depth=32, embed_dim=1280, hidden_size=3584, mlp_ratio=4, num_heads=16) if real else
+              dict(depth=2, embed_dim=32, hidden_size=32, mlp_ratio=2, num_heads=2))
+    return Qwen2VLConfig(text_config=text, vision_config={**vision, "patch_size": 14}, **ids)
+
+
+@contextlib.contextmanager
+def built_on(device: torch.device, dtype: torch.dtype):
+    """Build modules directly on ``device`` in ``dtype``: a 12B model never exists in float32 first."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(before)
 
 
 def flux_config(real: bool) -> dict:
@@ -191,80 +218,80 @@ def subject(ctx: dict) -> dict:
     return out
 
 
+JUDGE_PIXELS = (3136, 200704)  # min / max pixels per image, as configs/rewards_psr.yaml sets (448 x 448)
+
+
 def judge(ctx: dict) -> dict:
-    from reward_server.models.judge import JudgeQuery, TransformersJudge
+    """The in-process judge as configured, its model replaced by random weights of the real size."""
+    from transformers import AutoModelForImageTextToText
+
+    from reward_server.models.judge import ANSWER_PREFIX, JudgeQuery, TransformersJudge
 
     device, dtype, real = ctx["device"], ctx["dtype"], ctx["real"]
-    if real:  # processor files from the tiny judge, model of the real size built on the GPU
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        processor = AutoProcessor.from_pretrained(ctx["tiny"] / "qwen2_5_vl")
-        config = qwen_vl_config("qwen2_5_vl", processor.tokenizer)
-        judge = TransformersJudge.__new__(TransformersJudge)
-        judge.processor, judge.device, judge.min_digit_mass, judge.batch_size = processor, device, 0.0, 16
-        processor.tokenizer.padding_side = "left"
-        with torch.device(device):
-            judge.model = AutoModelForImageTextToText.from_config(config, dtype=dtype).eval()
-        judge.digit_ids = [judge._single_token(str(d)) for d in range(10)]
-        judge.ten_id = None
-    else:
-        judge = TransformersJudge(str(ctx["tiny"] / "qwen2_5_vl"), device, dtype, min_digit_mass=0.0, batch_size=16)
-    side, n = (448, 32) if real else (56, 4)
+    judge = TransformersJudge(str(ctx["tiny"] / "qwen2_5_vl"), device, dtype, *JUDGE_PIXELS, min_digit_mass=0.0,
+                              batch_size=16)
+    config = qwen_vl_config("qwen2_5_vl", judge.processor.tokenizer, real)
+    with built_on(device, dtype):
+        judge.model = AutoModelForImageTextToText.from_config(config, dtype=dtype).eval()
+    side, n = (448, 32) if real else (56, 2)
     rng = np.random.default_rng(0)
     content = [{"type": "text", "text": "Reference 1:"}, {"type": "image"}, {"type": "text", "text": "Reference 2:"},
                {"type": "image"}, {"type": "text", "text": "Generated:"}, {"type": "image"},
                {"type": "text", "text": "Rate 0-10 how well the image follows: a dog next to a cup."}]
     queries = [JudgeQuery(content, [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(3)])
                for _ in range(n)]
+    tokens = judge.inputs(queries[:1], ANSWER_PREFIX)["input_ids"].shape[1]
     judge.judge(queries[:2])
     _sync()
     start = time.perf_counter()
     judge.judge(queries)
     _sync()
-    out = {"judgements_per_s": round(n / (time.perf_counter() - start), 2), "images_per_prompt": 3, "side": side}
+    out = {"judgements_per_s": round(n / (time.perf_counter() - start), 2), "images_per_prompt": 3, "side": side,
+           "tokens_per_prompt": tokens}
     del judge
     out["hpsv3"] = _hpsv3_rate(ctx)
     return out
 
 
 def _hpsv3_rate(ctx: dict) -> dict:
+    """HPSv3Model as the reward runs it, on random weights of the real size (no 16 GB file read)."""
     from reward_server.models.hpsv3 import HPSv3Model
 
     device, dtype, real = ctx["device"], ctx["dtype"], ctx["real"]
-    base, checkpoint = ctx["tiny"] / "hpsv3" / "base", ctx["tiny"] / "hpsv3" / "HPSv3.safetensors"
-    if real:  # the real-size backbone's weights, made on the GPU instead of read from a 16 GB file
-        from transformers import AutoProcessor
+    prompts = ["a dog next to a cup", "a photo of a red teapot and a green cup on a wooden table"]
+    base = ctx["tiny"] / "hpsv3" / "base"  # processor files; its tokenizer spells the template's words as Qwen's does
 
-        config = qwen_vl_config("qwen2_vl", AutoProcessor.from_pretrained(base).tokenizer)
+    class RandomHPSv3(HPSv3Model):
+        def model_config(self, base_model):
+            from transformers import AutoProcessor
 
-        class RandomHPSv3(HPSv3Model):
-            def read_state(self, _checkpoint):
-                from transformers import Qwen2VLModel
+            self.config = qwen_vl_config("qwen2_vl", AutoProcessor.from_pretrained(base_model).tokenizer, real)
+            return self.config
 
-                with torch.device(device):
-                    model = Qwen2VLModel(config).to(dtype)
-                state = {("model." + k.removeprefix("language_model.")) if k.startswith("language_model.") else k: v
-                         for k, v in model.state_dict().items()}
-                head = {f"rm_head.{k}": v for k, v in _head_state(config.text_config.hidden_size).items()}
-                return {**state, **head}
+        def read_state(self, _checkpoint):
+            from transformers import Qwen2VLModel
 
-            def model_config(self, _base):
-                return config
+            config = self.model_config(str(base))
+            with built_on(device, dtype):
+                model = Qwen2VLModel(config)
+            state = {("model." + k.removeprefix("language_model.")) if k.startswith("language_model.") else k: v
+                     for k, v in model.state_dict().items()}
+            return {**state, **{f"rm_head.{k}": v for k, v in _head_state(config.text_config.hidden_size).items()}}
 
-        model = RandomHPSv3(checkpoint, str(base), device, dtype)
-    else:
-        model = HPSv3Model(checkpoint, str(base), device, dtype)
-    n = 32 if real else 4
+    model = RandomHPSv3("random", str(base), device, dtype)
+    n = 32 if real else 2
     rng = np.random.default_rng(1)
     side = 512 if real else 64
     images = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(n)]
-    model.score(images[:2], ["a dog"] * 2)
+    texts = [prompts[i % 2] for i in range(n)]
+    tokens = model.inputs(images[:1], texts[:1])["input_ids"].shape[1]
+    model.score(images[:2], texts[:2])
     _sync()
     start = time.perf_counter()
     for i in range(0, n, 16):
-        model.score(images[i : i + 16], ["a dog next to a cup"] * len(images[i : i + 16]))
+        model.score(images[i : i + 16], texts[i : i + 16])
     _sync()
-    return {"scores_per_s": round(n / (time.perf_counter() - start), 2), "batch": 16}
+    return {"scores_per_s": round(n / (time.perf_counter() - start), 2), "batch": 16, "tokens_per_sample": tokens}
 
 
 def _head_state(hidden: int) -> dict:
@@ -284,8 +311,8 @@ def flux(ctx: dict) -> dict:
         torch.backends.cuda.enable_cudnn_sdp(False)  # as the trainer does (ENVIRONMENT.md)
         torch.cuda.reset_peak_memory_stats()
     cfg = flux_config(real)
-    with torch.device(device):
-        model = FluxTransformer2DModel(**cfg).to(dtype)
+    with built_on(device, dtype):
+        model = FluxTransformer2DModel(**cfg)
     model.requires_grad_(False)
     model.add_adapter(LoraConfig(r=64 if real else 4, lora_alpha=128 if real else 8, init_lora_weights="gaussian",
                                  target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
@@ -345,7 +372,8 @@ def overlap(ctx: dict) -> dict:
     from trainer.train import FlowGRPOTrainer
 
     server, url = serve(ctx["latency"], 8)
-    small = [] if ctx["real"] else ["sampling.group_size=2", "sampling.num_steps=2", "optim.train_batch_size=4"]
+    small = [] if ctx["real"] else ["sampling.group_size=2", "sampling.num_steps=2", "optim.train_batch_size=4",
+                                    "grpo.train_timesteps=[1]"]
     try:
         trainers = {
             mode: FlowGRPOTrainer(tiny_run_config(ctx["tiny"] / "generator", url, ctx["work"] / f"overlap-{mode}", [
@@ -357,8 +385,8 @@ def overlap(ctx: dict) -> dict:
         if ctx["real"]:
             totals = interleaved(trainers, ctx["steps"])  # step 0 is warm-up
         else:  # the dry run proves the code path: one step per mode, no warm-up
-            totals = {mode: {k: t.train_step(0).get(f"time/{k}", 0.0) for k in ("reward_wait_s", "step_s")}
-                      for mode, t in trainers.items()}
+            metrics = {mode: t.train_step(0) for mode, t in trainers.items()}
+            totals = {mode: {k: m.get(f"time/{k}", 0.0) for k in ("reward_wait_s", "step_s")} for mode, m in metrics.items()}
     finally:
         server.stop()
     return {mode: {"reward_wait_fraction": round(t["reward_wait_s"] / t["step_s"], 3) if t["step_s"] else None,

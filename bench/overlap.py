@@ -69,13 +69,13 @@ def make_trainer(tiny: Path, out: Path, url: str, steps: int, batches: int, over
 
 
 def interleaved(trainers: dict[str, FlowGRPOTrainer], steps: int) -> dict[str, dict[str, float]]:
-    """Run the modes' steps alternately (so machine load hits both alike); step 0 is warm-up."""
+    """Run the modes' steps alternately (so machine load hits both alike); step 1 is warm-up."""
     keys = ("rollout_s", "reward_wait_s", "update_s", "step_s")
     totals = {mode: dict.fromkeys(keys, 0.0) for mode in trainers}
-    for step in range(steps + 1):
+    for step in range(1, steps + 2):
         for mode, trainer in trainers.items():
             metrics = trainer.train_step(step)
-            if step:
+            if step > 1:
                 for k in keys:
                     totals[mode][k] += metrics.get(f"time/{k}", 0.0)
     return totals

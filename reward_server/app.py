@@ -130,7 +130,8 @@ def create_app(
     async def readyz() -> JSONResponse:
         ready = backend.ready()
         ok = state.load_error is None and all(ready.values())
-        body = {"ready": ok, "rewards": ready, "error": state.load_error}
+        error = state.load_error or (None if ok else backend.unavailable(list(ready)))
+        body = {"ready": ok, "rewards": ready, "error": error}
         if hasattr(backend, "workers"):  # queue backend: live workers per reward
             body["workers"] = backend.workers()
         return JSONResponse(body, status_code=200 if ok else 503)

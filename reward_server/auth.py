@@ -3,6 +3,7 @@
 Keys come from ``PSR_API_KEYS`` (comma-separated) and/or a file named by ``PSR_API_KEYS_FILE``
 (one per line, ``#`` comments). An entry ``name:key`` names its caller (used for per-caller
 limits and logs); a bare key is named by a short hash. Keys are compared in constant time.
+Short keys and placeholders copied from examples are refused (``shared.api_keys``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from shared.api_keys import check_key, split_entry
 from shared.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -23,29 +25,16 @@ log = logging.getLogger(__name__)
 API_KEYS_ENV = "PSR_API_KEYS"
 API_KEYS_FILE_ENV = "PSR_API_KEYS_FILE"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
-MIN_KEY_LENGTH = 16
 ANONYMOUS = "anonymous"
 
 # The caller of the request being served (set by the middleware, read by the limiter).
 CURRENT_CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("psr_caller", default=ANONYMOUS)
 
 
-# Words of example keys in docs and env files: such a key works for anyone who read the docs.
-PLACEHOLDER_WORDS = ("change-me", "changeme", "replace-me", "replace_me", "placeholder", "your-key", "example-key")
-
-
 def _parse_entry(entry: str, where: str) -> tuple[str, str]:
-    name, sep, key = entry.partition(":")
-    if not sep:
-        name, key = "key-" + hashlib.sha256(entry.encode()).hexdigest()[:8], entry
-    name, key = name.strip(), key.strip()
-    if any(word in key.lower() for word in PLACEHOLDER_WORDS):
-        raise ConfigError(f"the API key {name!r} in {where} is the example placeholder; set a real one: "
-                          "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
-    if len(key) < MIN_KEY_LENGTH:
-        raise ConfigError(f"an API key in {where} is shorter than {MIN_KEY_LENGTH} characters; "
-                          "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
-    return key, name
+    name, key = split_entry(entry)
+    check_key(key, where)
+    return key, name or "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
 def load_api_keys(keys: str | None = None, keys_file: str | Path | None = None) -> dict[str, str]:

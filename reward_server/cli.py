@@ -8,18 +8,20 @@ import os
 import sys
 from pathlib import Path
 
+from shared.cli_args import add_api_key_refusal, add_server_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser("serve", help="run the reward server (FastAPI)")
     serve.add_argument("--config", required=True, help="rewards.yaml (see `psr make-tiny` for an example)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     serve.add_argument("--rewards", default=None, help="comma list: host only these rewards of the config")
     serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. rewards.clip_t.device=cuda:0 (repeatable)")
     serve.add_argument("--redis", default=os.environ.get("PSR_REDIS_URL"), metavar="URL",
                        help="score on `psr worker` processes through this Redis (redis:// or rediss://) "
-                       "instead of in-process; or set PSR_REDIS_URL")
+                       "instead of in-process (default: $PSR_REDIS_URL)")
     serve.add_argument("--check", action="store_true",
                        help="validate the config, local model paths, devices and API keys without loading weights; "
                        "exit 0 when all is well")
@@ -27,26 +29,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     score = subparsers.add_parser("score", help="score local image files against a running server")
     score.add_argument("images", nargs="+", help="image files (PNG/JPEG)")
-    score.add_argument("--server", default=os.environ.get("PSR_SERVER", "http://127.0.0.1:8000"))
+    add_server_argument(score)
     score.add_argument("--reward", "-r", action="append", required=True, metavar="NAME[=WEIGHT]",
                        help="reward to compute, with an optional weight (repeatable or comma list)")
     score.add_argument("--prompt", "-p", default="", help="the prompt every image was generated from")
     score.add_argument("--subject", "-s", action="append", default=[], metavar="CATEGORY=REFERENCE",
                        help="a subject and its reference image file (repeatable)")
-    score.add_argument("--api-key", default=os.environ.get("PSR_API_KEY"), help="or set PSR_API_KEY")
+    add_api_key_refusal(score)
     score.add_argument("--format", choices=["raw", "png", "jpeg"], default="png", help="how images travel")
     score.add_argument("--json", action="store_true", help="print the raw answer as JSON")
-    score.add_argument("--timeout", type=float, default=600.0)
+    score.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the answer")
     score.set_defaults(func=cmd_score)
 
     tiny = subparsers.add_parser("make-tiny", help="write tiny random models and a rewards.yaml for tests/demo")
     tiny.add_argument("dir", help="output folder")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     tiny.set_defaults(func=cmd_make_tiny)
 
     demo = subparsers.add_parser("demo", help="the main job on tiny models: no GPU, no Redis, no downloads")
     demo.add_argument("--workdir", default="psr-demo", help="where models, logs and images go")
-    demo.add_argument("--steps", type=int, default=None, help="RL steps (default: the tiny config's)")
+    demo.add_argument("--steps", type=int, default=None, help="RL steps (default: the tiny config's; recipe: 3)")
+    demo.add_argument("--recipe", action="store_true",
+                      help="the whole recipe instead: data -> SFT -> GRPO from the SFT LoRA -> export -> PSRBench")
+    demo.add_argument("--sft-steps", type=int, default=20, help="SFT steps of --recipe (default: %(default)s)")
+    demo.add_argument("--items", type=int, default=2,
+                      help="--recipe: synthetic items per task type, 7 task types (default: %(default)s)")
     demo.set_defaults(func=cmd_demo)
 
 
@@ -68,12 +75,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from reward_server.auth import load_api_keys
     from reward_server.config import ServerConfig
     from reward_server.front import install_front
-    from reward_server.models.quiet import quiet_model_libraries
     from reward_server.registry import build_rewards, check_report, check_rewards
     from reward_server.serving import make_server
     from shared.config import load_config
 
-    quiet_model_libraries()
     config = load_config(ServerConfig, args.config, args.set)
     only = args.rewards.split(",") if args.rewards else None
     rewards = build_rewards(config, only)
@@ -105,11 +110,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     from shared.client import RewardClient, RewardServiceError
     from shared.table import format_table
 
-    def load(path: str):
+    def load(path: str, what: str):
         try:
             return Image.open(path).convert("RGB")
         except OSError as exc:
-            raise SystemExit(f"psr score: cannot read image {path}: {exc}") from None
+            raise SystemExit(f"psr score: cannot read {what}: {exc}") from None
 
     rewards = parse_weights(args.reward)
     subjects = []
@@ -117,9 +122,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         category, sep, path = spec.partition("=")
         if not sep:
             raise SystemExit(f"psr score: --subject {spec!r} must look like CATEGORY=REFERENCE_FILE")
-        subjects.append((category, load(path)))
-    images = [load(p) for p in args.images]
-    with RewardClient(args.server, api_key=args.api_key, timeout=args.timeout, image_format=args.format) as client:
+        subjects.append((category, load(path, f"the reference image of subject {category!r} (--subject {spec})")))
+    images = [load(p, f"image {p}") for p in args.images]
+    with RewardClient(args.server, timeout=args.timeout, image_format=args.format) as client:
         try:
             res = client.score(
                 images,
@@ -148,10 +153,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
-    from reward_server.models.quiet import quiet_model_libraries
     from reward_server.tiny import make_tiny
 
-    quiet_model_libraries()
     path = make_tiny(args.dir, seed=args.seed)
     print(f"wrote tiny models under {args.dir}; config: {path}")
     print(f"serve them with: psr serve --config {path} --port 8000")
@@ -160,5 +163,13 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from trainer.demo import run_demo
+    from trainer.recipe import run_recipe
+    from trainer.run import TrainingInterrupted
 
-    return run_demo(Path(args.workdir), steps=args.steps)
+    try:
+        if args.recipe:
+            return run_recipe(Path(args.workdir), args.sft_steps, args.steps or 3, args.items)
+        return run_demo(Path(args.workdir), steps=args.steps)
+    except TrainingInterrupted as exc:
+        print(f"psr demo: {exc}", file=sys.stderr)
+        return 130

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 
+from pydantic import ValidationError
+
 from reward_server.config import ServerConfig
-from reward_server.rewards import Reward, get_reward_type
-from shared.config import ConfigError
-from shared.paths import resolve_path, where
+from reward_server.rewards import Reward, RewardImportError, get_reward_type
+from shared.config import ConfigError, validation_problems
+from shared.paths import resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -22,24 +24,39 @@ def build_rewards(config: ServerConfig, only: list[str] | None = None) -> dict[s
         names = [n for n in names if n in only]
     rewards = {}
     for name in names:
-        reward = get_reward_type(config.rewards[name].type)(name, config.rewards[name])
-        reward.source = str(config.source) if config.source else None
+        reward = _build(config, name)
+        reward.origin = lambda key, name=name: config.origin(f"rewards.{name}.{key}")
         for key, value in reward.model_refs().items():  # relative paths: see shared.paths
             reward.set_model_ref(key, resolve_path(value, config.path_base(f"rewards.{name}.{key}")))
         rewards[name] = reward
     return rewards
 
 
+def _build(config: ServerConfig, name: str) -> Reward:
+    """One reward, unloaded; a bad type or option names the file, the reward and the key."""
+    spec = config.rewards[name]
+    try:
+        cls = get_reward_type(spec.type)
+    except RewardImportError as exc:
+        raise ConfigError(f"{config.origin(f'rewards.{name}.type')}: {exc}") from None
+    try:
+        return cls(name, spec)
+    except ValidationError as exc:
+        problems = validation_problems(exc, cls.Options)
+        raise ConfigError("\n".join(f"{config.origin(f'rewards.{name}.options' + ('.' + key if key else ''))}: {text}"
+                                     for key, text in problems)) from None
+
+
 def check_rewards(rewards: dict[str, Reward]) -> None:
-    """Everything that can be checked without loading weights: local paths exist, devices exist."""
+    """Everything that can be checked without loading weights: local paths, devices, each reward's own checks."""
     from reward_server.models.device import resolve_device
 
-    for name, reward in rewards.items():
-        reward.check_model_refs()
+    for reward in rewards.values():
+        reward.check()
         try:
             resolve_device(reward.spec.device)
         except (RuntimeError, ValueError) as exc:
-            raise ConfigError(f"{where(reward.source, f'rewards.{name}.device')}: {exc}; set it to auto or cpu") from exc
+            raise ConfigError(f"{reward.origin('device')}: {exc}; set it to auto or cpu") from exc
 
 
 def load_rewards(rewards: dict[str, Reward]) -> None:

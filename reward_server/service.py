@@ -68,6 +68,10 @@ class Backend(Protocol):
         """Reward name -> whether it can be computed now."""
         ...
 
+    def unavailable(self, rewards: list[str]) -> str | None:
+        """Why some of ``rewards`` cannot be computed now (what is actually wrong), or None."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -102,6 +106,10 @@ class LocalBackend:
 
     def ready(self) -> dict[str, bool]:
         return {name: reward.loaded for name, reward in self.rewards.items()}
+
+    def unavailable(self, rewards: list[str]) -> str | None:
+        loading = [name for name in rewards if not self.rewards[name].loaded]
+        return f"rewards {loading} are still loading their models (see /readyz)" if loading else None
 
     def queued(self) -> dict[str, int]:
         return {name: b.queued_samples for name, b in self.batchers.items()}
@@ -142,9 +150,9 @@ class ScoringService:
                 f"{len(request.samples)} samples in one request; the limit is {self.max_samples} (split the batch)"
             )
         ready = self.backend.ready()
-        down = [name for name in request.rewards if not ready.get(name, False)]
-        if down:
-            raise RewardUnavailable(f"rewards {down} are not ready: model still loading or no live worker (see /readyz)")
+        if not all(ready.get(name, False) for name in request.rewards):
+            why = self.backend.unavailable(list(request.rewards))
+            raise RewardUnavailable(why or f"rewards {sorted(request.rewards)} are not ready (see /readyz)")
         return list(request.rewards)
 
     def measure(self, request: ScoreRequest) -> tuple[int, int]:

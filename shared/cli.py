@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
+from collections.abc import Iterator
 
 from shared.config import ConfigError
+from shared.logs import LEVELS, configure_logging
 
 # Modules that define ``register(subparsers)``. Missing optional packages only hide their commands.
 COMMAND_MODULES = [
@@ -21,6 +22,41 @@ COMMAND_MODULES = [
     "trainer.evaluation.cli",
     "trainer.datagen.cli",
 ]
+DEFAULT_LOG_LEVEL = "INFO"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default after its help, unless the help already speaks of it or the
+    default says nothing (None, False, empty)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or default is argparse.SUPPRESS
+            or default is None
+            or default is False
+            or default == []
+            or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))
+        ):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+def all_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """The parser and every subcommand parser below it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                yield from all_parsers(sub)
+
+
+def _log_level(value: str) -> str:
+    if value.upper() not in LEVELS:
+        raise argparse.ArgumentTypeError(f"use one of {', '.join(LEVELS)}")
+    return value.upper()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="psr",
         description="PSR: reward service and Flow-GRPO trainer for multi-subject image generation.",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -38,15 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(subparsers)
+    for sub in all_parsers(parser):
+        sub.formatter_class = HelpFormatter
+        # before or after the subcommand; the top level sets the default, subcommands only override it
+        sub.add_argument(
+            "--log-level", type=_log_level, metavar="LEVEL",
+            default=DEFAULT_LOG_LEVEL if sub is parser else argparse.SUPPRESS,
+            help=f"our messages from this level up: {', '.join(LEVELS)}; DEBUG also shows the libraries' logs "
+            f"(default: {DEFAULT_LOG_LEVEL})",
+        )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(args.log_level)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -5,6 +5,7 @@
     res = client.score(images, rewards={"clip_t": 1.0}, prompts=prompts)
     res.total, res.scores["clip_t"], res.errors, res.versions
 
+The API key is ``api_key``, else ``PSR_API_KEY`` / ``PSR_API_KEY_FILE`` (see ``shared.api_keys``).
 Large batches are split into requests of ``batch_size`` samples. Retries are bounded and only
 for connection errors, 429 and 5xx; any other 4xx raises at once with the server's message.
 A failed score is NaN in the arrays (and listed in ``errors``), never 0.
@@ -25,6 +26,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from shared.api_keys import check_key, client_api_key
 from shared.images import DEFAULT_LIMITS, ImageFormat, compressed_size, encode_image
 from shared.protocol import MSGPACK, pack, unpack
 
@@ -189,6 +191,11 @@ def _backoff(attempt: int, error: RetryableError, base: float) -> float:
     return min(base * 2**attempt, 10.0) * (0.5 + random.random())
 
 
+def unreachable(url: str, exc: Exception) -> RetryableError:
+    """The error for a request that never got an answer: names the URL and what went wrong."""
+    return RetryableError(f"cannot reach the reward service at {url}: {exc or type(exc).__name__}")
+
+
 def msgpack_headers(api_key: str | None) -> dict[str, str]:
     """Headers of every scoring call: msgpack both ways, the API key if any."""
     headers = {"content-type": MSGPACK, "accept": MSGPACK}
@@ -201,18 +208,22 @@ class HttpTransport:
     """POSTs msgpack to ``/v1/score`` with httpx."""
 
     def __init__(self, url: str, api_key: str | None, timeout: float):
-        self._client = httpx.Client(base_url=url.rstrip("/"), headers=msgpack_headers(api_key), timeout=timeout)
+        self.url = url.rstrip("/")
+        self._client = httpx.Client(base_url=self.url, headers=msgpack_headers(api_key), timeout=timeout)
 
     def score(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
             response = self._client.post("/v1/score", content=pack(request))
         except httpx.TransportError as exc:  # connection refused/reset, timeouts
-            raise RetryableError(f"cannot reach the reward service: {exc!r}") from exc
+            raise unreachable(self.url, exc) from exc
         _raise_for_status(response)
         return unpack(response.content)
 
     def get(self, path: str) -> dict[str, Any]:
-        response = self._client.get(path)
+        try:
+            response = self._client.get(path)
+        except httpx.TransportError as exc:
+            raise unreachable(self.url, exc) from exc
         _raise_for_status(response)
         return response.json()
 
@@ -221,16 +232,30 @@ class HttpTransport:
 
 
 QUEUE_SCHEMES = ("redis://", "rediss://", "unix://")
+HTTP_SCHEMES = ("http://", "https://")
+
+
+class ServiceURLError(ValueError):
+    """A reward service URL without a scheme this client speaks."""
+
+
+def check_service_url(url: str) -> str:
+    """Return ``url`` if it starts with http(s):// or redis(s)://; else say how to write it."""
+    url = str(url).strip()
+    if url.startswith(HTTP_SCHEMES + QUEUE_SCHEMES) and len(url.split("://", 1)[1]) > 0:
+        return url
+    hint = f"http://{url}" if url and "://" not in url else "http://127.0.0.1:8000"
+    raise ServiceURLError(f"reward service URL {url!r} needs a scheme: e.g. {hint} "
+                          "(or redis://host:6379/0 for the queue)")
 
 
 def make_transport(url: str, api_key: str | None, timeout: float) -> Any:
     """HTTP for ``http(s)://`` URLs; the Redis queue (straight to the workers) for ``redis(s)://``."""
+    url = check_service_url(url)
     if url.startswith(QUEUE_SCHEMES):
         from shared.queue.transport import QueueTransport
 
         return QueueTransport(url, timeout=timeout)
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"reward service URL {url!r} must start with http(s):// or redis(s)://")
     return HttpTransport(url, api_key, timeout)
 
 
@@ -269,7 +294,10 @@ class RewardClient(_ClientOptions):
     ):
         super().__init__(max_retries, batch_size, image_format, retry_backoff)
         self.url = url
-        self.transport = transport or make_transport(url, api_key, timeout)
+        if transport is None:
+            api_key = client_api_key() if api_key is None else check_key(api_key, "api_key")
+            transport = make_transport(url, api_key, timeout)
+        self.transport = transport
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -298,12 +326,30 @@ class RewardClient(_ClientOptions):
         """The rewards the service hosts (``GET /v1/rewards``)."""
         return self.transport.get("/v1/rewards")["rewards"]
 
-    def wait_until_ready(self, timeout: float = 300.0, every: float = 0.05) -> None:
-        """Block until every hosted reward reports ready (models loaded / live workers)."""
+    def wait_until_ready(self, timeout: float = 300.0, every: float = 0.05, rewards: Sequence[str] | None = None) -> None:
+        """Block until ``rewards`` (default: every hosted reward) report ready -- models loaded, live
+        workers. A service that cannot be reached yet (still starting) is retried until ``timeout``;
+        a reward it does not host raises at once, naming the ones it hosts."""
         deadline = time.monotonic() + timeout
-        while not all(r["ready"] for r in self.rewards()):
+        while True:
+            try:
+                hosted = {r["name"]: r for r in self.rewards()}
+            except RetryableError as exc:
+                if time.monotonic() > deadline:
+                    raise RewardServiceError(f"{exc} (waited {timeout:g} s)", exc.status) from exc
+                time.sleep(max(every, 0.25))
+                continue
+            names = list(hosted) if rewards is None else list(rewards)
+            missing = [n for n in names if n not in hosted]
+            if missing:
+                raise RewardServiceError(
+                    f"the reward service at {self.url} does not host {missing}; it hosts {sorted(hosted)}", 422)
+            loading = [n for n in names if not hosted[n].get("ready", False)]
+            if not loading:
+                return
             if time.monotonic() > deadline:
-                raise RewardServiceError(f"the reward service at {self.url} was not ready within {timeout} s")
+                raise RewardServiceError(f"rewards {loading} of the reward service at {self.url} were not ready "
+                                         f"within {timeout:g} s (see its /readyz)")
             time.sleep(every)
 
     def _send(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -340,12 +386,14 @@ class AsyncRewardClient(_ClientOptions):
         retry_backoff: float = 0.5,
         max_concurrency: int = 4,
     ):
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(
+        if check_service_url(url).startswith(QUEUE_SCHEMES):
+            raise ServiceURLError(
                 f"AsyncRewardClient speaks HTTP only, got {url!r}; use RewardClient for redis:// URLs"
             )
         super().__init__(max_retries, batch_size, image_format, retry_backoff)
-        self._client = httpx.AsyncClient(base_url=url.rstrip("/"), headers=msgpack_headers(api_key), timeout=timeout)
+        self.url = url.rstrip("/")
+        api_key = client_api_key() if api_key is None else check_key(api_key, "api_key")
+        self._client = httpx.AsyncClient(base_url=self.url, headers=msgpack_headers(api_key), timeout=timeout)
         self._limit = asyncio.Semaphore(max_concurrency)
 
     async def score(
@@ -367,7 +415,7 @@ class AsyncRewardClient(_ClientOptions):
             async with self._limit:
                 response = await self._client.post("/v1/score", content=pack(request))
         except httpx.TransportError as exc:
-            raise RetryableError(f"cannot reach the reward service: {exc!r}") from exc
+            raise unreachable(self.url, exc) from exc
         _raise_for_status(response)
         return unpack(response.content)
 

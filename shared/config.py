@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,11 +29,21 @@ class StrictModel(BaseModel):
         """The YAML file this config was read from (``None`` when built in code)."""
         return self._source
 
+    def from_command_line(self, key: str) -> bool:
+        """Whether dotted ``key`` (or a section holding it) was given with ``--set``."""
+        return any(key == k or key.startswith(k + ".") for k in self._cli_keys)
+
     def path_base(self, key: str) -> Path:
         """Where a relative path under dotted ``key`` starts: cwd for ``--set`` values, else the file's folder."""
-        if self._source is None or any(key == k or key.startswith(k + ".") for k in self._cli_keys):
+        if self._source is None or self.from_command_line(key):
             return Path.cwd()
         return self._source.resolve().parent
+
+    def origin(self, key: str) -> str:
+        """Where the value of ``key`` came from, for messages: ``--set KEY``, ``FILE: KEY`` or ``KEY``."""
+        if self.from_command_line(key):
+            return f"--set {key}"
+        return f"{self._source}: {key}" if self._source is not None else key
 
 
 # Marks a config field that names a checkpoint or file (hub id or local path): checked by
@@ -82,7 +94,10 @@ def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
 def load_config(
     model: type[ModelT], path: str | Path | None = None, overrides: list[str] | None = None
 ) -> ModelT:
-    """Build a config model from a YAML file plus ``key=value`` overrides."""
+    """Build a config model from a YAML file plus ``key=value`` overrides.
+
+    Errors say, one line per problem, which file (or ``--set``) and key are wrong and why.
+    """
     data = read_yaml(path) if path is not None else {}
     pairs = parse_overrides(overrides or [])
     for key, value in pairs:
@@ -90,24 +105,71 @@ def load_config(
     try:
         config = model.model_validate(data)
     except ValidationError as exc:
-        where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid configuration{where}: {describe_errors(exc)}") from exc
+        lines = []
+        for where, text in validation_problems(exc, model):
+            given = [k for k, _ in pairs if where == k or where.startswith(k + ".") or k.startswith(where + ".")]
+            if given:
+                lines.append(f"--set {where or given[-1]}: {text}")
+            else:
+                origin = str(path) if path is not None else "configuration"
+                lines.append(f"{origin}: {where}: {text}" if where else f"{origin}: {text}")
+        raise ConfigError("\n".join(lines)) from None
     if isinstance(config, StrictModel):
         config._source = Path(path) if path is not None else None
         config._cli_keys = frozenset(key for key, _ in pairs)
     return config
 
 
-def describe_errors(exc: ValidationError) -> str:
-    """Pydantic's errors on one line: ``key.sub: what is wrong; other.key: ...``."""
-    parts = []
+def _unwrap(annotation: Any) -> Any:
+    """The model type inside ``Optional[M]`` / ``M | None``; the annotation itself otherwise."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        models = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        return models[0] if len(models) == 1 else annotation
+    return annotation
+
+
+def known_keys(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """The keys the section at ``loc`` (a pydantic error location) accepts, if it is a model."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current)
+        origin = typing.get_origin(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = field.annotation
+        elif origin in (dict, list, tuple) or current in (dict, list):
+            args = typing.get_args(current)
+            current = args[-1] if args else None
+        else:
+            return None
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return None
+
+
+def validation_problems(exc: ValidationError, model: type[BaseModel] | None = None) -> list[tuple[str, str]]:
+    """``(dotted key, what is wrong)`` for each error of ``exc``; unknown keys list the valid ones."""
+    out = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = f"{msg}: an unknown key (check its spelling against the documented keys)"
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) for p in loc)
+        kind, msg = err["type"], err["msg"]
+        if kind == "extra_forbidden":
+            keys = known_keys(model, loc[:-1]) if model is not None else None
+            text = "unknown key" + (f"; valid keys here: {', '.join(keys)}" if keys else "")
+        elif kind == "missing":
+            text = "required, but not given"
+        else:
+            text = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            value = err.get("input")
+            if not isinstance(value, (dict, list)) and kind != "value_error":
+                shown = repr(value)
+                text += f" (got {shown[:80] + '...' if len(shown) > 80 else shown})"
+        out.append((where, text))
+    return out
 
 
 def config_hash(obj: Any) -> str:

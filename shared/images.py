@@ -121,7 +121,8 @@ def decode_compressed(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> np.n
             img.draft("RGB", img.size)  # JPEG: decode straight to RGB
             img.load()
             rgb = img if img.mode == "RGB" else img.convert("RGB")  # no copy when already RGB
-            return np.frombuffer(rgb.tobytes(), np.uint8).reshape(rgb.height, rgb.width, 3)
+            # writable, like raw images (a view of PIL's bytes is read-only: torch warns)
+            return np.frombuffer(bytearray(rgb.tobytes()), np.uint8).reshape(rgb.height, rgb.width, 3)
     except ImageDecodeError:
         raise
     except (OSError, ValueError, Image.DecompressionBombError) as exc:

@@ -186,3 +186,30 @@ class RewardContract:
         np.testing.assert_allclose(np.array(response.total, dtype=np.float64), 2.0 * served, rtol=1e-12)
         assert response.errors == []
         assert response.versions[self.reward_name] == reward.version
+
+    # ---------------------------------------------------------------- output
+    def test_decoded_images_score_without_warnings(self, reward: Reward, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Images decoded from PNG/JPEG are read-only arrays; handing one to ``torch.from_numpy``
+        prints a warning in the server's log (once per process, so it is caught at the call)."""
+        import warnings
+
+        import torch
+
+        from shared.images import decode_compressed
+
+        def png(image: np.ndarray) -> np.ndarray:
+            return decode_compressed(encode_image(image, "png"))  # what the server hands rewards
+
+        samples = [Sample(image=png(s.image), prompt=s.prompt, metadata=s.metadata,
+                          subjects=tuple(Subject(c.category, None if c.reference is None else png(c.reference))
+                                         for c in s.subjects)) for s in self.make_samples(2)]
+        from_numpy = torch.from_numpy
+
+        def writable_only(array: np.ndarray) -> torch.Tensor:
+            assert array.flags.writeable, "torch.from_numpy on a read-only array (PyTorch warns 'not writable')"
+            return from_numpy(array)
+
+        monkeypatch.setattr(torch, "from_numpy", writable_only)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            reward.score(samples)

@@ -1,8 +1,10 @@
 """Checkpoints: LoRA weights (safetensors), optimizer, LR scheduler, EMA, RNG states and the step.
 
-Layout: ``<output_dir>/checkpoints/step-000042/`` with ``lora.safetensors``, ``ema.safetensors``
-(if EMA is on), ``trainer_state.pt`` (tensors and plain Python only; loaded with
-``weights_only=True``) and ``trainer_state.json`` (step, config hash) for people.
+Layout: ``<output_dir>/checkpoints/step-000042/`` (after 42 steps) with ``lora.safetensors``,
+``ema.safetensors`` (if EMA is on: the averaged weights under the same peft names, so anything that
+reads a LoRA reads it), ``lora.json`` (alpha, targets, base model, the LoRA trained on top of),
+``trainer_state.pt`` (tensors and plain Python only; loaded with ``weights_only=True``) and
+``trainer_state.json`` (step, config hash) for people.
 """
 
 from __future__ import annotations
@@ -10,12 +12,16 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from trainer.lora import EMA_FILE, LORA_FILE, META_FILE
 
 CHECKPOINTS = "checkpoints"
 
@@ -33,12 +39,25 @@ class EMA:
         for s, p in zip(self.shadow, self.params, strict=True):
             s.lerp_(p.detach().float(), 1.0 - self.decay)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {str(i): s.cpu() for i, s in enumerate(self.shadow)}
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """The model with the averaged weights in place of the trained ones, restored on exit."""
+        with torch.no_grad():
+            saved = [p.detach().clone() for p in self.params]
+            for s, p in zip(self.shadow, self.params, strict=True):
+                p.copy_(s)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for kept, p in zip(saved, self.params, strict=True):
+                    p.copy_(kept)
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for i, s in enumerate(self.shadow):
-            s.copy_(state[str(i)])
+    @torch.no_grad()
+    def take_current(self) -> None:
+        """Make the average equal the parameters' current values."""
+        for s, p in zip(self.shadow, self.params, strict=True):
+            s.copy_(p.detach().float())
 
 
 def _rng_state() -> dict[str, Any]:
@@ -64,9 +83,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the LoRA weights under peft's names (no adapter name), on the CPU."""
     from peft.utils import get_peft_model_state_dict
 
-    return {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(transformer).items()}
+    return {k: v.detach().cpu().clone().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
 
 
 def save_checkpoint(
@@ -78,6 +98,7 @@ def save_checkpoint(
     ema: EMA | None,
     config_hash: str,
     keep: int = 3,
+    lora_meta: dict[str, Any] | None = None,
 ) -> Path:
     """Write the checkpoint of ``step`` (steps completed) and prune older ones; returns its folder."""
     root = Path(output_dir) / CHECKPOINTS
@@ -85,9 +106,12 @@ def save_checkpoint(
     tmp = root / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(lora_state_dict(transformer), str(tmp / "lora.safetensors"))
+    save_file(lora_state_dict(transformer), str(tmp / LORA_FILE))
     if ema is not None:
-        save_file(ema.state_dict(), str(tmp / "ema.safetensors"))
+        with ema.applied():
+            save_file(lora_state_dict(transformer), str(tmp / EMA_FILE))
+    if lora_meta is not None:
+        (tmp / META_FILE).write_text(json.dumps(lora_meta, indent=2))
     torch.save(
         {
             "step": step,
@@ -112,26 +136,33 @@ def find_latest(output_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def checkpoint_step(path: Path) -> int:
+    """The number of steps a checkpoint was saved after (read without loading any tensor)."""
+    return int(json.loads((Path(path) / "trainer_state.json").read_text())["step"])
+
+
 def load_checkpoint(
     path: Path, transformer: torch.nn.Module, optimizer: Any, lr_scheduler: Any, ema: EMA | None
 ) -> tuple[int, str]:
     """Restore everything saved by ``save_checkpoint``; returns (step, config hash)."""
-    from peft.utils import set_peft_model_state_dict
-
     path = Path(path)
     if not (path / "trainer_state.pt").is_file():
         raise FileNotFoundError(f"{path} is not a checkpoint (no trainer_state.pt)")
-    lora = load_file(str(path / "lora.safetensors"))
-    result = set_peft_model_state_dict(transformer, lora)
-    unexpected = getattr(result, "unexpected_keys", None)
-    if unexpected:
-        raise ValueError(f"checkpoint {path} has LoRA weights this model lacks: {unexpected[:5]}")
+    if ema is not None and (path / EMA_FILE).is_file():
+        _set_lora(transformer, path / EMA_FILE)
+        ema.take_current()
+    _set_lora(transformer, path / LORA_FILE)
     state = torch.load(path / "trainer_state.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(state["optimizer"])
     lr_scheduler.load_state_dict(state["lr_scheduler"])
-    if ema is not None:
-        ema_file = path / "ema.safetensors"
-        if ema_file.is_file():
-            ema.load_state_dict(load_file(str(ema_file)))
     _set_rng_state(state["rng"])
     return int(state["step"]), str(state["config_hash"])
+
+
+def _set_lora(transformer: torch.nn.Module, file: Path) -> None:
+    from peft.utils import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(transformer, load_file(str(file)))
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ValueError(f"{file} has LoRA weights this model lacks: {unexpected[:5]}")

@@ -1,7 +1,10 @@
-"""Strict, documented configuration of a Flow-GRPO run (``psr train --config run.yaml``).
+"""Strict, documented configuration of a training run (``psr train --config run.yaml``).
 
-Names follow trl's GRPOConfig where they fit (``reward_weights``, ``scale_rewards``,
-``multi_objective_aggregation``). Rules spanning fields are checked when the config is built.
+``algorithm`` picks the trainer: ``grpo`` (Flow-GRPO against a reward server) or ``sft``
+(supervised flow matching on dataset targets). Both share the model, data, LoRA, optimizer and
+run sections. Names follow trl's GRPOConfig where they fit (``reward_weights``,
+``scale_rewards``, ``multi_objective_aggregation``). Rules spanning fields are checked when the
+config is built.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from shared.client import check_service_url
 from shared.config import StrictModel
 
 
@@ -34,6 +38,12 @@ class ModelConfig(StrictModel):
         default=None,
         ge=1,
         description="torch threads while training on the CPU (1 is fastest for tiny models)",
+    )
+    init_lora: str | None = Field(
+        default=None,
+        description="start from this LoRA (a psr train checkpoint, e.g. an SFT result, or a PEFT folder): "
+        "merged into the base weights before the new LoRA is added, so the reference model of the KL "
+        "(adapters off) is the SFT model",
     )
 
     @field_validator("resolution", "reference_size")
@@ -63,18 +73,31 @@ class PromptItem(StrictModel):
 
 
 class DataConfig(StrictModel):
-    """Where training prompts come from: inline items and/or a PSRBench-style JSON file."""
+    """Where training items come from: inline prompts (GRPO) and/or a dataset file or folder."""
 
-    prompts: list[PromptItem] = Field(default_factory=list, description="inline prompt items")
+    prompts: list[PromptItem] = Field(default_factory=list, description="inline prompt items (GRPO only)")
     file: str | None = Field(
         default=None,
-        description="a dataset (README 'Data': the dataset format): its dataset.json or its folder, e.g. psr datagen's OUT",
+        description="a dataset (README 'Data': the dataset format): its dataset.json or its folder, e.g. psr "
+        "datagen's OUT; SFT needs target_path in every item",
+    )
+    reference_mix: dict[int, float] | None = Field(
+        default=None,
+        description="draw items by reference count with these probabilities, e.g. {2: 0.9, 3: 0.05, 4: 0.05} "
+        "(the paper's SFT mix); null = every item equally likely",
     )
 
     @model_validator(mode="after")
     def _some_prompts(self) -> DataConfig:
         if not self.prompts and not self.file:
             raise ValueError("no training prompts: set data.prompts or data.file")
+        mix = self.reference_mix
+        if mix is not None:
+            bad = sorted(k for k in mix if not 0 <= k <= 4)
+            if bad or any(p < 0 for p in mix.values()) or abs(sum(mix.values()) - 1.0) > 1e-6:
+                raise ValueError(
+                    f"data.reference_mix {mix} must map reference counts 0-4 to probabilities >= 0 that sum to 1"
+                )
         return self
 
 
@@ -101,11 +124,18 @@ class SamplingConfig(StrictModel):
 class RewardsConfig(StrictModel):
     """The reward service and how its rewards combine."""
 
-    url: str | None = Field(default=None, description="reward server URL, e.g. http://127.0.0.1:8000")
-    api_key: str | None = Field(default=None, description="bearer token for the reward server")
+    url: str | None = Field(
+        default=None, description="reward server URL, e.g. http://127.0.0.1:8000, or redis://host:6379/0 for the queue"
+    )
+    api_key: None = Field(
+        default=None, description="not read: the key comes from PSR_API_KEY or PSR_API_KEY_FILE (never the config)"
+    )
     reward_weights: dict[str, float] = Field(description="reward name -> weight (trl's reward_weights)")
     required: list[str] = Field(default_factory=list, description="rewards whose failure stops training")
     timeout_s: float = Field(default=600.0, gt=0, description="longest wait for one scoring request")
+    ready_timeout_s: float = Field(
+        default=600.0, ge=0, description="how long to wait at start-up for the server to load the rewards"
+    )
     max_retries: int = Field(default=3, ge=0, description="retries on 408/429/5xx")
     image_format: Literal["raw", "jpeg", "png"] = Field(
         default="raw", description="image encoding on the wire"
@@ -114,6 +144,19 @@ class RewardsConfig(StrictModel):
     send_subjects: bool = Field(
         default=True, description="send categories and reference images with each sample"
     )
+
+    @field_validator("url")
+    @classmethod
+    def _url_has_scheme(cls, url: str | None) -> str | None:
+        return None if url is None else check_service_url(url)
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _no_key_in_config(cls, value: object) -> None:
+        if value is not None:  # --set shows in `ps` and launcher errors; a YAML file gets copied around
+            raise ValueError("API keys are not read from the config or --set: put the key in PSR_API_KEY, "
+                             "or in a file named by PSR_API_KEY_FILE")
+        return None
 
     @model_validator(mode="after")
     def _required_known(self) -> RewardsConfig:
@@ -130,20 +173,50 @@ class GRPOConfig(StrictModel):
 
     scale_rewards: Literal["group", "batch", "none"] = Field(default="group", description="std used to scale")
     multi_objective_aggregation: Literal["sum_then_normalize", "normalize_then_sum"] = Field(
-        default="sum_then_normalize", description="combine rewards before or after group normalisation"
+        default="sum_then_normalize",
+        description="trl's meaning: 'sum_then_normalize' = weighted sum, then normalised as scale_rewards says; "
+        "'normalize_then_sum' (GDPO) = each reward normalised in its group, weighted sum, then the sum "
+        "normalised over the step's samples",
     )
     min_valid_per_group: int = Field(
         default=2, ge=1, description="groups with fewer valid samples are dropped"
     )
     clip_range: float = Field(default=1e-4, gt=0, description="PPO ratio clip epsilon")
     adv_clip_max: float = Field(default=5.0, gt=0, description="advantages are clamped to +-this")
-    beta: float = Field(default=0.0, ge=0, description="weight of the KL to the reference (LoRA disabled)")
+    beta: float = Field(
+        default=0.0,
+        ge=0,
+        description="weight of the KL to the reference (LoRA disabled); the KL is the exact Gaussian KL of each "
+        "SDE step, i.e. flow_grpo's KL divided by the step's |dt|: flow_grpo's beta b equals ours "
+        "b * mean|dt| over the trained steps (trainer.grpo.flow_grpo_equivalent_beta)",
+    )
     timestep_fraction: float = Field(
         default=1.0, gt=0, le=1, description="fraction of steps trained, evenly spaced"
     )
     train_timesteps: list[int] | None = Field(default=None, description="explicit step indices to train on")
     inner_epochs: int = Field(default=1, ge=1, description="passes over each rollout batch")
     update_policy: bool = Field(default=True, description="false: sample and score only (a control run)")
+
+
+# Common FLUX LoRA practice (flow_grpo's Kontext trainer, diffusers' FLUX DreamBooth scripts, kohya's
+# linear1/linear2): attention of both streams, both feed-forward nets of the double blocks, and the single
+# blocks' fused MLP-in (proj_mlp) and attention+MLP-out (proj_out); not the model's final proj_out.
+DEFAULT_LORA_TARGETS = [
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+    "single_transformer_blocks.*.proj_mlp",
+    "single_transformer_blocks.*.proj_out",
+]
 
 
 class LoraConfig(StrictModel):
@@ -153,17 +226,9 @@ class LoraConfig(StrictModel):
     alpha: float = Field(default=128.0, gt=0)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: list[str] = Field(
-        default_factory=lambda: [
-            "to_q",
-            "to_k",
-            "to_v",
-            "to_out.0",
-            "add_q_proj",
-            "add_k_proj",
-            "add_v_proj",
-            "to_add_out",
-        ],
-        description="module names (peft target_modules)",
+        default_factory=lambda: list(DEFAULT_LORA_TARGETS),
+        description="modules to adapt: a name X matches modules named X or ending in .X (peft's rule); a name "
+        "with * or ? is a glob over full module names",
     )
 
 
@@ -179,7 +244,11 @@ class OptimConfig(StrictModel):
     gradient_accumulation_steps: int = Field(default=1, ge=1, description="micro-batches per optimizer step")
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(default="constant")
     warmup_steps: int = Field(default=0, ge=0, description="optimizer steps of warm-up")
-    ema: bool = Field(default=False, description="keep an exponential moving average of the LoRA weights")
+    ema: bool = Field(
+        default=False,
+        description="keep an exponential moving average of the LoRA weights; checkpoints save it beside the raw "
+        "weights and validation, psr bench generate and psr export use it",
+    )
     ema_decay: float = Field(default=0.99, gt=0, lt=1)
 
 
@@ -190,24 +259,63 @@ class RunConfig(StrictModel):
     seed: int = Field(default=0)
     output_dir: str = Field(default="runs/psr", description="checkpoints, TensorBoard logs, sample grids")
     save_every: int = Field(default=50, ge=1, description="checkpoint every this many steps (and at the end)")
-    image_every: int = Field(default=10, ge=1, description="log a sample grid every this many steps")
+    image_every: int = Field(
+        default=10, ge=1, description="sample grid every this many steps (GRPO: rollouts; SFT: validation)"
+    )
     keep_checkpoints: int = Field(default=3, ge=1, description="older checkpoints are deleted")
+
+
+class SFTConfig(StrictModel):
+    """Supervised flow matching on (references, instruction, target) items (``algorithm: sft``)."""
+
+    weighting_scheme: Literal["logit_normal", "mode", "none", "sigma_sqrt", "cosmap"] = Field(
+        default="logit_normal",
+        description="diffusers' names: logit_normal / mode sample timesteps non-uniformly; none = uniform; "
+        "sigma_sqrt / cosmap sample uniformly and weight the loss instead",
+    )
+    logit_mean: float = Field(default=0.0, description="mean of the logit-normal timestep density")
+    logit_std: float = Field(default=1.0, gt=0, description="std of the logit-normal timestep density")
+    mode_scale: float = Field(default=1.29, description="scale of the 'mode' timestep density")
+    timestep_shift: Literal["auto", "none"] = Field(
+        default="auto",
+        description="auto: shift sampled noise levels as the scheduler shifts sampling at model.resolution "
+        "(FLUX's resolution-dependent shift); none: unshifted, as diffusers' FLUX DreamBooth scripts",
+    )
+    loss_buckets: int = Field(default=4, ge=1, le=20, description="loss is also logged per noise-level bucket")
+    validation_items: int = Field(
+        default=4, ge=0, description="the dataset's first items, generated every run.image_every steps (0 = none)"
+    )
+    validation_steps: int | None = Field(
+        default=None, ge=1, description="ODE steps of validation images (default sampling.num_steps)"
+    )
 
 
 class TrainConfig(StrictModel):
     """Top level of a training config."""
 
+    algorithm: Literal["grpo", "sft"] = Field(
+        default="grpo", description="grpo: Flow-GRPO against a reward server; sft: supervised flow matching"
+    )
     model: ModelConfig
     data: DataConfig
-    rewards: RewardsConfig
+    rewards: RewardsConfig | None = Field(default=None, description="the reward service (GRPO)")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TrainConfig:
+        if self.algorithm == "sft":
+            if not self.data.file:
+                raise ValueError("algorithm sft needs data.file: a dataset whose items have target_path")
+            if self.data.prompts:
+                raise ValueError("algorithm sft trains on dataset targets: remove data.prompts (they have no target)")
+            return self
+        if self.rewards is None:
+            raise ValueError("algorithm grpo needs a rewards section (rewards.url and rewards.reward_weights)")
         if self.sampling.group_size < self.grpo.min_valid_per_group:
             raise ValueError(
                 f"sampling.group_size ({self.sampling.group_size}) is below grpo.min_valid_per_group "
@@ -216,6 +324,11 @@ class TrainConfig(StrictModel):
         bad = [k for k in self.grpo.train_timesteps or [] if not 0 <= k < self.sampling.num_steps]
         if bad:
             raise ValueError(f"grpo.train_timesteps {bad} outside 0..{self.sampling.num_steps - 1}")
+        if self.grpo.multi_objective_aggregation == "normalize_then_sum" and self.grpo.scale_rewards != "group":
+            raise ValueError(
+                "grpo.multi_objective_aggregation normalize_then_sum scales each reward by its group std and the "
+                "sum by the step's std (trl's rule); leave grpo.scale_rewards at 'group'"
+            )
         return self
 
     def train_step_indices(self) -> list[int]:

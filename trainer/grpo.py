@@ -75,10 +75,13 @@ def compute_advantages(
     aggregation: Aggregation = "sum_then_normalize",
     min_valid_per_group: int = 2,
 ) -> Advantages:
-    """Group-relative advantages from per-reward scores (NaN = failed).
+    """Group-relative advantages from per-reward scores (NaN = failed), with trl's meanings:
 
-    ``sum_then_normalize``: weighted total, then normalised in its group.
-    ``normalize_then_sum``: each reward normalised in its group, then the weighted sum.
+    ``sum_then_normalize``: weighted total, centred in its group and scaled as ``scale_rewards`` says.
+    ``normalize_then_sum`` (GDPO): each reward centred and scaled by its group's std, the weighted sum
+    of those, then that sum centred and scaled over all kept samples (``scale_rewards`` must be 'group').
+    Stds are population stds (flow_grpo's ``np.std``); trl applies Bessel's correction, which only
+    scales the batch std by sqrt(N / (N - 1)) here, since each group's factor cancels in the last step.
     """
     group_ids = np.asarray(group_ids)
     n = group_ids.shape[0]
@@ -111,10 +114,12 @@ def compute_advantages(
     if aggregation == "sum_then_normalize":
         adv = _normalise(safe_total, groups, scale_rewards)
     elif aggregation == "normalize_then_sum":
-        adv = sum(
-            (wk * _normalise(np.nan_to_num(matrix[:, j]), groups, scale_rewards) for j, wk in enumerate(w)),
+        summed = sum(
+            (wk * _normalise(np.nan_to_num(matrix[:, j]), groups, "group") for j, wk in enumerate(w)),
             start=np.zeros(n),
         )
+        kept = np.flatnonzero(mask)
+        adv = _normalise(summed, [kept] if kept.size else [], "group")
     else:
         raise ValueError(f"unknown multi_objective_aggregation {aggregation!r}")
     adv = np.where(mask, adv, 0.0)
@@ -164,6 +169,21 @@ def clipped_policy_loss(
 
 
 def gaussian_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """KL between two Gaussians with the same isotropic ``std``, averaged over dims, per sample."""
+    """KL between two Gaussians with the same isotropic ``std``, averaged over dims, per sample.
+
+    With ``std`` the SDE step's ``sigma_t * sqrt(|dt|)`` this is the exact KL of the step. flow_grpo
+    divides by ``2 * sigma_t**2`` instead (no ``|dt|``), so its KL is this one times ``|dt|``: see
+    ``flow_grpo_equivalent_beta``."""
     dims = tuple(range(1, mean.dim()))
     return ((mean - ref_mean) ** 2).mean(dim=dims) / (2 * torch.as_tensor(std, device=mean.device) ** 2)
+
+
+def flow_grpo_equivalent_beta(flow_grpo_beta: float, sigmas: Sequence[float], train_steps: Sequence[int]) -> float:
+    """Our ``grpo.beta`` that weighs the KL as flow_grpo's ``train.beta`` does, on average over the trained steps.
+
+    flow_grpo's per-step KL is ``|dt_k|`` times ours, so ``beta_ours = beta_flow_grpo * |dt_k|``; with
+    ``dt`` varying along the (shifted) schedule one number can only match the mean over the steps the
+    loss uses."""
+    s = np.asarray(sigmas, dtype=np.float64)
+    dt = np.abs(np.diff(s))[list(train_steps)]
+    return float(flow_grpo_beta * dt.mean())

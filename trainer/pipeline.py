@@ -8,6 +8,7 @@ sequence; position ids are "frame-wise": reference ``i`` (1-based) gets ``(i, h,
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -53,6 +54,17 @@ def time_shift_mu(seq_len: int, cfg: Any) -> float:
     base_shift, max_shift = cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15)
     slope = (max_shift - base_shift) / (max_len - base_len)
     return seq_len * slope + base_shift - slope * base_len
+
+
+def shift_sigmas(sigmas: np.ndarray, seq_len: int, cfg: Any) -> np.ndarray:
+    """Shift noise levels in (0, 1] as a flow-matching scheduler config says: FLUX's exponential shift by
+    ``mu(seq_len)`` when ``use_dynamic_shifting``, else SD3's static ``shift * s / (1 + (shift - 1) s)``."""
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    if cfg.get("use_dynamic_shifting", False):
+        mu = time_shift_mu(seq_len, cfg)
+        return np.exp(mu) / (np.exp(mu) + (1.0 / sigmas - 1.0))
+    shift = cfg.get("shift", 1.0)
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
 @dataclass
@@ -137,7 +149,7 @@ class MultiRefGenerator:
         check_model_ref(path, "generator")  # a missing local folder is not retried as a hub id
         if Path(path).exists() and not (Path(path) / "model_index.json").is_file():
             raise FileNotFoundError(f"{path} is not a pipeline folder: model_index.json is missing")
-        kw = {"torch_dtype": dtype}
+        kw = {"dtype": dtype}
         parts = dict(
             transformer=FluxTransformer2DModel.from_pretrained(path, subfolder="transformer", **kw),
             vae=AutoencoderKL.from_pretrained(path, subfolder="vae", **kw),
@@ -150,6 +162,17 @@ class MultiRefGenerator:
         for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
             parts[name].requires_grad_(False).eval().to(device)
         return cls(**parts, max_sequence_length=max_sequence_length)
+
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        """Write every component with ``save_pretrained`` plus ``model_index.json`` (diffusers' layout)."""
+        return save_pipeline(
+            {
+                "transformer": self.transformer, "vae": self.vae, "text_encoder": self.text_encoder,
+                "text_encoder_2": self.text_encoder_2, "tokenizer": self.tokenizer,
+                "tokenizer_2": self.tokenizer_2, "scheduler": self.scheduler,
+            },
+            out_dir,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -239,16 +262,14 @@ class MultiRefGenerator:
 
     def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
         """The ``num_steps + 1`` noise levels from 1 to 0 (shifted for the resolution, as FLUX does)."""
-        h, w = self.latent_size(height, width)
         base = np.linspace(1.0, 1.0 / num_steps, num_steps)
-        cfg = self.scheduler.config
-        if cfg.get("use_dynamic_shifting", False):
-            mu = time_shift_mu((h // 2) * (w // 2), cfg)
-            base = np.exp(mu) / (np.exp(mu) + (1.0 / base - 1.0))
-        else:
-            shift = cfg.get("shift", 1.0)
-            base = shift * base / (1 + (shift - 1) * base)
-        return torch.tensor(np.append(base, 0.0), dtype=torch.float32)
+        shifted = self.shift_sigmas(base, height, width)
+        return torch.tensor(np.append(shifted, 0.0), dtype=torch.float32)
+
+    def shift_sigmas(self, sigmas: np.ndarray, height: int, width: int) -> np.ndarray:
+        """The scheduler's shift of noise levels at this image size (sampling and SFT timesteps share it)."""
+        h, w = self.latent_size(height, width)
+        return shift_sigmas(sigmas, (h // 2) * (w // 2), self.scheduler.config)
 
     def initial_noise(self, batch: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
         """Packed Gaussian noise (B, S, 4C), drawn on the CPU so it is the same on every device."""
@@ -302,6 +323,22 @@ class MultiRefGenerator:
         z = z / self.vae.config.scaling_factor + self.vae.config.shift_factor
         images = self.vae.decode(z, return_dict=False)[0]
         return ((images.float() + 1) / 2).clamp(0, 1)
+
+
+def save_pipeline(parts: dict[str, Any], out_dir: str | Path, class_name: str = "FluxKontextPipeline") -> Path:
+    """A FLUX pipeline folder: each part saved in its subfolder, ``model_index.json`` naming them, so
+    ``from_pretrained`` here and diffusers' ``<class_name>.from_pretrained`` both load it."""
+    import diffusers
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index: dict[str, Any] = {"_class_name": class_name, "_diffusers_version": diffusers.__version__}
+    for name, part in parts.items():
+        part.save_pretrained(out_dir / name)
+        library = "diffusers" if type(part).__module__.startswith("diffusers") else "transformers"
+        index[name] = [library, type(part).__name__]
+    (out_dir / "model_index.json").write_text(json.dumps(index, indent=2))
+    return out_dir
 
 
 def to_uint8_images(images: torch.Tensor) -> list[np.ndarray]:

@@ -57,12 +57,6 @@ def load_items(data: DataConfig, base_dir: Path = Path(".")) -> list[Item]:
     return items
 
 
-def pick_items(items: list[Item], count: int, seed: int, step: int, rank: int) -> list[Item]:
-    """The prompts of one step on one process: a deterministic function of (seed, step, rank)."""
-    rng = np.random.default_rng([seed, step, rank])
-    return [items[i] for i in rng.choice(len(items), size=count, replace=len(items) < count)]
-
-
 @dataclass
 class Rollout:
     """One sampling batch (all samples share one reference layout) and what scoring needs."""

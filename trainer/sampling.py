@@ -14,10 +14,14 @@ whose log-density of the sampled next latent is the policy's log-probability of 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from trainer.pipeline import Conditioning, MultiRefGenerator
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -116,3 +120,24 @@ def step_log_prob(
     v = velocity(x, sigma)
     mean, std = sde_step_distribution(x, v, sigma, sigmas[k + 1].to(x.device), noise_level, sigma_cap)
     return gaussian_log_prob(x_next, mean, std), mean, std
+
+
+@torch.no_grad()
+def sample_ode(
+    gen: MultiRefGenerator,
+    transformer: torch.nn.Module,
+    cond: Conditioning,
+    sigmas: torch.Tensor,
+    seeds: Sequence[int],
+    size: int,
+    guidance_scale: float,
+) -> torch.Tensor:
+    """Euler steps of the flow ODE from per-sample seeded noise; returns the final packed latents.
+
+    Each sample's noise comes from its own seed, so an image does not depend on its batch."""
+    x = torch.cat([gen.initial_noise(1, size, size, torch.Generator().manual_seed(int(s))) for s in seeds])
+    x = x.to(gen.dtype)
+    for k in range(len(sigmas) - 1):
+        v = gen.velocity(transformer, x, sigmas[k].to(x.device), cond, guidance_scale=guidance_scale)
+        x = x + (sigmas[k + 1] - sigmas[k]).to(x.device, x.dtype) * v
+    return x

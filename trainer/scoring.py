@@ -2,7 +2,8 @@
 
 Groups never span sampling batches, so with ``scale_rewards`` 'group' or 'none' a batch's
 advantages depend on its own rewards only: the update trains on batch 1 while later batches
-are still being scored. With 'batch' scaling the batch-wide std needs every reward first.
+are still being scored. With 'batch' scaling, or ``normalize_then_sum`` (whose last step scales
+over the whole step), the step-wide std needs every reward first.
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ class StepScores:
         )
 
     def advantages_of(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(advantages, mask) of rollout ``i``; waits only for its own rewards unless scaling is batch-wide."""
-        if self.cfg.grpo.scale_rewards == "batch":
+        """(advantages, mask) of rollout ``i``; waits only for its own rewards unless scaling is step-wide."""
+        g = self.cfg.grpo
+        if g.scale_rewards == "batch" or g.multi_objective_aggregation == "normalize_then_sum":
             full = self.full()
             start = sum(len(r) for r in self.rollouts[:i])
             end = start + len(self.rollouts[i])

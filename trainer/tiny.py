@@ -8,11 +8,13 @@ the same ``from_pretrained`` path as the real model. Tokenizers are built offlin
 
 from __future__ import annotations
 
-import json
+import math
 import string
 from pathlib import Path
 
 import torch
+
+from trainer.pipeline import save_pipeline
 
 # Sizes of the tiny model; the transformer's head dim (16) equals sum(axes_dims_rope).
 TEXT_DIM = 32
@@ -53,7 +55,7 @@ def make_tiny_generator(out_dir: Path, seed: int = 0, pipeline_class: str = "Flu
 
     ``pipeline_class`` names the diffusers pipeline of ``model_index.json``: ``FluxPipeline`` makes
     the same components a tiny text-to-image pipeline (``psr datagen``'s ``t2i``)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     out_dir = Path(out_dir)
@@ -87,27 +89,7 @@ def make_tiny_generator(out_dir: Path, seed: int = 0, pipeline_class: str = "Flu
             decoder_start_token_id=0,
         )
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=LATENT_CHANNELS,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 32, 32, 32),
-        norm_num_groups=8,
-        layers_per_block=1,
-        shift_factor=0.1159,
-        scaling_factor=0.3611,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
-    with torch.no_grad():
-        # Zero-init the decoder's residual branches (resnet conv2, attention out): a random decoder's
-        # stacked GroupNorms otherwise wash out the latents, and no reward could be learnt.
-        for name, module in vae.decoder.named_modules():
-            if name.endswith(("conv2", "to_out.0")):
-                module.weight.zero_()
-                module.bias.zero_()
+    vae = near_identity_vae()
     transformer = FluxTransformer2DModel(
         patch_size=1,
         in_channels=4 * LATENT_CHANNELS,
@@ -138,13 +120,73 @@ def make_tiny_generator(out_dir: Path, seed: int = 0, pipeline_class: str = "Flu
         "tokenizer_2": t5_tok,
         "scheduler": scheduler,
     }
-    for name, part in parts.items():
-        part.save_pretrained(out_dir / name)
-    index = {"_class_name": pipeline_class, "_diffusers_version": "0.42.1"}
-    index.update({name: [_library(part), type(part).__name__] for name, part in parts.items()})
-    (out_dir / "model_index.json").write_text(json.dumps(index, indent=2))
-    return out_dir
+    return save_pipeline(parts, out_dir, pipeline_class)
 
 
-def _library(part: object) -> str:
-    return "diffusers" if type(part).__module__.startswith("diffusers") else "transformers"
+def near_identity_vae():
+    """A tiny ``AutoencoderKL`` built, not trained, to pass images through: latent channel c (of 4) is
+    colour channel c averaged over 8x8 pixels, at about unit scale as real FLUX latents are.
+
+    Every residual branch and attention output is zero (blocks pass their input on), the
+    down/upsampling convs average / copy, and each colour shares its GroupNorm group with constant
+    channels (encoder: ``[c, K, -K, 0]``) or its negative (decoder: ``[c, -c]``) so the norms barely
+    distort it; SiLU is used near 2, where it is almost linear. Decoded images keep the layout and
+    colours of the input at 1/8 resolution (a random VAE maps every image to about the same output,
+    so nothing learnt could be seen in pixels)."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=LATENT_CHANNELS,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 32, 32, 32),
+        norm_num_groups=8,
+        layers_per_block=1,
+        shift_factor=0.1159,
+        scaling_factor=0.3611,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    big, scale, shift = 10.0, vae.config.scaling_factor, vae.config.shift_factor
+    silu2, dsilu2 = 2 / (1 + math.exp(-2)), 1 / (1 + math.exp(-2)) + 2 * math.exp(-2) / (1 + math.exp(-2)) ** 2
+    norm_std = big / math.sqrt(2)  # std of the encoder's [c, K, -K, 0] groups
+    enc, dec = vae.encoder, vae.decoder
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.zero_()
+        for m in vae.modules():
+            if isinstance(m, torch.nn.GroupNorm):
+                m.weight.fill_(1.0)
+        for block in enc.down_blocks:
+            _copy(block.resnets[0].conv_shortcut, ((0, 0),))
+            if block.downsamplers:
+                _copy(block.downsamplers[0].conv, ((0, 0), (0, 1), (1, 0), (1, 1)), 0.25)  # 2x2 mean
+        for block in dec.up_blocks:
+            for resnet in block.resnets:
+                _copy(resnet.conv_shortcut, ((0, 0),))
+            if block.upsamplers:
+                _copy(block.upsamplers[0].conv, ((1, 1),))
+        for c in range(3):
+            enc.conv_in.weight[4 * c, c, 1, 1] = 1.0
+            enc.conv_in.bias[4 * c + 1], enc.conv_in.bias[4 * c + 2] = big, -big
+            enc.conv_norm_out.bias[4 * c] = 2.0
+            enc.conv_out.weight[c, 4 * c, 1, 1] = norm_std / dsilu2 / scale
+            enc.conv_out.bias[c] = -silu2 * norm_std / dsilu2 / scale + shift
+            dec.conv_in.weight[2 * c, c, 1, 1], dec.conv_in.bias[2 * c] = scale, -shift * scale
+            dec.conv_in.weight[2 * c + 1, c, 1, 1], dec.conv_in.bias[2 * c + 1] = -scale, shift * scale
+            dec.conv_norm_out.bias[2 * c] = 2.0
+            dec.conv_out.weight[c, 2 * c, 1, 1], dec.conv_out.bias[c] = 0.6 / dsilu2, -0.6 * silu2 / dsilu2
+        enc.conv_out.bias[3] = shift
+        enc.conv_out.bias[LATENT_CHANNELS:] = -10.0  # log-variance: the posterior is almost a point
+    return vae
+
+
+def _copy(conv: torch.nn.Conv2d | None, taps: tuple[tuple[int, int], ...], weight: float = 1.0) -> None:
+    """Make ``conv`` pass channel c to channel c through the given kernel taps."""
+    if conv is None:
+        return
+    for c in range(min(conv.in_channels, conv.out_channels)):
+        for i, j in taps:
+            conv.weight[c, c, i, j] = weight

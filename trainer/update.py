@@ -120,12 +120,7 @@ def optimise(
                         sums[key] += value.item() * n_valid
                     count += n_valid
             if sync:
-                grad_norm = float(acc.clip_grad_norm_(policy.params, o.max_grad_norm))
-                policy.optimizer.step()
-                policy.lr_scheduler.step()
-                policy.optimizer.zero_grad(set_to_none=True)
-                if policy.ema is not None:
-                    policy.ema.update()
+                grad_norm = policy.optimizer_step(o.max_grad_norm)
     model.eval()
     out = {f"train/{k}": v / count for k, v in sums.items()} if count else {}  # per trained sample
     out["train/grad_norm_last"] = grad_norm

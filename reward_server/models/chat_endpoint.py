@@ -21,12 +21,16 @@ from reward_server.models.vlm import ChatQuery
 from shared.images import encode_image
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# The endpoint itself is misconfigured (wrong base URL or model name, a rejected API key): no
+# query can succeed, so the caller must stop rather than record every query as failed.
+CONFIG_STATUS = frozenset({401, 403, 404})
 
 
 @dataclass
 class ChatAnswer:
     """The answer text, or ``None`` with why there is none (``unavailable``: the endpoint could not be
-    reached or kept failing with 408/429/5xx, i.e. not this query's fault)."""
+    reached, kept failing with 408/429/5xx or refused the model/key with 401/403/404, i.e. not
+    this query's fault)."""
 
     text: str | None
     error: str | None = None
@@ -88,11 +92,27 @@ class ChatEndpoint:
         return body
 
     def check_reachable(self, timeout_s: float = 10.0) -> str | None:
-        """``None`` when ``GET /models`` answers at all (any status), else why the endpoint is unreachable."""
+        """``None`` when the endpoint answers ``GET /models`` and serves ``model``, else what is wrong.
+
+        A 404 means the base URL is wrong (it usually ends in ``/v1``); 401/403 a missing or
+        rejected API key; a model list without ``model`` a wrong served-model name. Any other
+        answer is taken as reachable (not every server implements ``/models`` fully)."""
         try:
-            httpx.get(self.base_url + "/models", headers=self.headers, timeout=timeout_s)
+            response = httpx.get(self.base_url + "/models", headers=self.headers, timeout=timeout_s)
         except httpx.HTTPError as exc:
             return f"{self.base_url} is unreachable ({type(exc).__name__}: {exc})"
+        if response.status_code == 404:
+            return (f"{self.base_url}/models answered HTTP 404: is the base URL right? An OpenAI-compatible "
+                    "server's usually ends in /v1, e.g. http://host:8000/v1")
+        if response.status_code in (401, 403):
+            return f"{self.base_url} answered HTTP {response.status_code}: the API key is missing or rejected"
+        try:
+            served = [m["id"] for m in response.json()["data"]]
+        except (ValueError, KeyError, TypeError):
+            return None
+        if served and self.model not in served:
+            return (f"{self.base_url} does not serve the model {self.model!r} (it serves {', '.join(map(str, served))}): "
+                    "set the model name to one of them")
         return None
 
     def complete(self, queries: Sequence[ChatQuery], seeds: Sequence[int | None] | None = None) -> list[ChatAnswer]:
@@ -125,7 +145,8 @@ class ChatEndpoint:
                 last = f"endpoint answered HTTP {response.status_code}: {response.text[:200]}"
                 continue
             if response.status_code != 200:
-                return ChatAnswer(None, f"endpoint answered HTTP {response.status_code}: {response.text[:200]}")
+                return ChatAnswer(None, f"endpoint answered HTTP {response.status_code}: {response.text[:200]}",
+                                  unavailable=response.status_code in CONFIG_STATUS)
             return self._read(response)
         return ChatAnswer(None, f"{last} (after {self.max_retries + 1} attempts)", unavailable=True)
 

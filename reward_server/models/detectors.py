@@ -192,7 +192,7 @@ class GroundingDinoDetector(_ModelDetector):
         from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
         self.processor = AutoProcessor.from_pretrained(self.model_path)
-        self.model = GroundingDinoForObjectDetection.from_pretrained(self.model_path, torch_dtype=dtype).to(device).eval()
+        self.model = GroundingDinoForObjectDetection.from_pretrained(self.model_path, dtype=dtype).to(device).eval()
 
     @staticmethod
     def caption(names: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
@@ -249,7 +249,7 @@ class Owlv2Detector(_ModelDetector):
         from transformers import AutoProcessor, Owlv2ForObjectDetection
 
         self.processor = AutoProcessor.from_pretrained(self.model_path)
-        self.model = Owlv2ForObjectDetection.from_pretrained(self.model_path, torch_dtype=dtype).to(device).eval()
+        self.model = Owlv2ForObjectDetection.from_pretrained(self.model_path, dtype=dtype).to(device).eval()
 
     @torch.inference_mode()
     def _detect_chunk(self, images, categories, hints):

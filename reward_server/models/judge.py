@@ -1,11 +1,15 @@
 """Vision-language judges that rate an image 0-10, and the strict parsing of their answers.
 
 * ``TransformersJudge``: Qwen2.5-VL / Qwen2-VL in process (``vlm.VisionLanguageModel``).
-  The answer is primed with ``"Score: "`` and the score is the *expected value* of the digit
-  distribution of the next token(s), not a sampled string: P(0..9) from the first token, and
-  P("10") = P("1") * P("0" | "1") from a second step forced through "1" (Qwen's tokenizer spells
-  numbers digit by digit). When the digits hold less than ``min_digit_mass`` of the probability
-  the judge did not answer with a score: that is a failure, not a number.
+  The answer is primed with ``"Score: "`` and the score is the *expected value* of the judge's
+  distribution over 0..10, not a sampled string. P(d), d = 0..9, is the first token's probability
+  of digit d. Qwen's tokenizer spells 10 as "1" "0", so a second step forced through "1" gives q,
+  the next-token distribution after "1". Of what may follow "1", only "0" (the answer 10) and a
+  non-digit (the answer 1) are valid scores -- "11".."19" are not -- so P("1") is split between
+  them: P(10) = P("1") * q("0") / (1 - sum_{d=1..9} q(d)) and P(1) = P("1") - P(10). (A tokenizer
+  with a single "10" token gives P(10) from the first step.) With m = sum_{d=0..9} P(d) (plus
+  P("10") in that case), the score is sum_k k P(k) / m. When m < ``min_digit_mass`` the judge did
+  not answer with a score: that is a failure, not a number.
 * ``EndpointJudge`` (``judge_endpoint.py``): any OpenAI-compatible chat endpoint.
 """
 

@@ -36,7 +36,8 @@ def to_device_uint8(images: Sequence[np.ndarray | torch.Tensor], device: torch.d
     """Move (H, W, 3) uint8 images to ``device`` as (3, H, W) uint8 tensors."""
     out = []
     for image in images:
-        tensor = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))
+        # decoded PNG/JPEG arrays are read-only views: copy those (torch warns on non-writable arrays)
+        tensor = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.require(image, None, ["C", "W"]))
         out.append(tensor.to(device, non_blocking=True).permute(2, 0, 1))
     return out
 

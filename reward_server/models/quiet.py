@@ -1,37 +1,18 @@
-"""Silence the per-load progress bars and load reports of the model libraries in servers."""
+"""Quiet model libraries for in-process callers that do not go through ``psr`` (benchmarks, tests).
+
+The ``psr`` commands get the same through ``shared.logs.configure_logging``.
+"""
 
 from __future__ import annotations
 
-import logging
-import os
-import warnings
+import contextlib
+
+from shared.logs import quiet_loaded_libraries
 
 
 def quiet_model_libraries() -> None:
-    """Keep logs readable: no weight-loading progress bars or 'unexpected key' reports."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    try:
-        import transformers
-
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except ImportError:
-        pass
-    try:
-        import diffusers
-
-        diffusers.utils.logging.set_verbosity_error()
-        diffusers.utils.logging.disable_progress_bar()
-    except ImportError:
-        pass
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_drop_open_clip_random_init)
-
-
-def _drop_open_clip_random_init(record: logging.LogRecord) -> bool:
-    """open_clip warns on the root logger that it built random weights; our rewards then load a
-    state dict into them (``pretrained=None`` is deliberate), so the warning only misleads."""
-    return not record.getMessage().startswith("No pretrained weights loaded for model")
+    """No weight-loading progress bars or load reports from transformers / diffusers."""
+    for name in ("transformers", "diffusers"):
+        with contextlib.suppress(ImportError):
+            __import__(name)
+    quiet_loaded_libraries()

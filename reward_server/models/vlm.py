@@ -41,7 +41,7 @@ class VisionLanguageModel:
         pixels = {k: v for k, v in {"min_pixels": min_pixels, "max_pixels": max_pixels}.items() if v is not None}
         self.processor = AutoProcessor.from_pretrained(model_path, revision=revision, **pixels)
         self.processor.tokenizer.padding_side = "left"  # the last position is every prompt's next token
-        self.model = AutoModelForImageTextToText.from_pretrained(model_path, revision=revision, torch_dtype=dtype)
+        self.model = AutoModelForImageTextToText.from_pretrained(model_path, revision=revision, dtype=dtype)
         self.model.to(device).eval()
         self.device = device
         self.batch_size = batch_size

@@ -64,6 +64,11 @@ class RedisBackend:
     def ready(self) -> dict[str, bool]:
         return {name: self.producer.alive(name) for name in self.rewards}
 
+    def unavailable(self, rewards: list[str]) -> str | None:
+        """Redis unreachable, or no live worker for some of ``rewards`` (what /readyz and 503s say)."""
+        problem = self.producer.unavailable(rewards)
+        return None if problem is None else str(problem)
+
     def workers(self) -> dict[str, int]:
         """Reward -> live workers, for /readyz."""
         return {name: (st.live_workers if (st := self.producer.state.get(name)) and self.producer.alive(name) else 0)

@@ -20,14 +20,15 @@ from pydantic import Field
 
 from reward_server.rewards import register
 from reward_server.rewards.base import Reward, ScoreResult
-from shared.config import StrictModel
+from shared.config import MODEL_REF, StrictModel
 from shared.protocol import Sample
 
 
 class AestheticOptions(StrictModel):
     head: str = Field(
         description="path of the MLP state dict (.pth or .safetensors), e.g. sac+logos+ava1-l14-linearMSE.pth; "
-        "relative paths are tried as given, then inside the `model` folder"
+        "a relative path starts at the config file's folder, else inside a local `model` folder",
+        json_schema_extra=MODEL_REF,
     )
 
 
@@ -38,6 +39,15 @@ class AestheticReward(Reward):
     type_name = "aesthetic"
     description = "LAION aesthetic predictor v2: MLP on the L2-normalised CLIP image embedding"
     Options = AestheticOptions
+
+    def set_model_ref(self, key: str, value: str) -> None:
+        """The path rule for ``options.head``, keeping the head-inside-the-model-folder layout."""
+        written = Path(self.options.head).expanduser()
+        if key == "options.head" and not Path(value).is_file() and not written.is_absolute() and self.spec.model:
+            beside = Path(self.spec.model).expanduser() / written  # ``model`` is resolved before the options
+            if beside.is_file():
+                value = str(beside)
+        super().set_model_ref(key, value)
 
     def head_path(self) -> Path:
         """Where the head file is: as given, else relative to a local ``model`` folder."""

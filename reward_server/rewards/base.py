@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from reward_server.config import RewardSpec
@@ -37,7 +37,8 @@ class Reward(ABC):
         self.spec = spec
         self.options = self.Options.model_validate(spec.options)
         self.loaded = False
-        self.source: str | None = None  # the config file, for messages (set by build_rewards)
+        # "FILE: rewards.NAME.KEY" or "--set rewards.NAME.KEY" for messages (build_rewards sets it)
+        self.origin: Callable[[str], str] = lambda key: f"rewards.{name}.{key}"
 
     def model_refs(self) -> dict[str, str]:
         """Checkpoints and files this reward loads, by key (``model``, ``options.detector.model``...)."""
@@ -56,10 +57,15 @@ class Reward(ABC):
             node = getattr(node, part)
         setattr(node, leaf, value)
 
+    def check(self) -> None:
+        """What can be checked without loading anything (``--check``, and before loading): the local
+        paths exist; subclasses add their own (raise ``ConfigError`` naming ``self.origin(key)``)."""
+        self.check_model_refs()
+
     def check_model_refs(self) -> None:
         """Report a local checkpoint path that does not exist, naming the config file and key."""
         for key, value in self.model_refs().items():
-            check_model_ref(value, f"rewards.{self.name}.{key}", self.source)
+            check_model_ref(value, self.origin(key))
 
     @abstractmethod
     def load(self) -> None:

@@ -16,13 +16,16 @@ from pathlib import Path
 
 from pydantic import Field
 
-from reward_server.models.hpsv3 import DEFAULT_BASE, DEFAULT_CHECKPOINT_FILE, PIXELS
+from reward_server.models.hpsv3 import DEFAULT_BASE, DEFAULT_CHECKPOINT_FILE, PIXELS, REWARD_TOKEN
 from reward_server.rewards import register
 from reward_server.rewards.base import PROMPT, Reward, ScoreResult
 from shared.config import MODEL_REF, StrictModel
 from shared.protocol import Sample
 
 DEFAULT_MODEL = "MizzenAI/HPSv3"
+# Text the tokenizer reads as a special token that breaks the prompt's layout: a second reward token
+# (no single place to read the score) or an image/video placeholder (more placeholders than images).
+BREAKING_TOKENS = (REWARD_TOKEN, "<|image_pad|>", "<|video_pad|>")
 
 
 class HpsV3Options(StrictModel):
@@ -70,10 +73,19 @@ class HpsV3Reward(Reward):
         )
 
     def score(self, samples: Sequence[Sample]) -> list[ScoreResult]:
-        results: list[ScoreResult] = []
+        results: list[ScoreResult | None] = [self._refusal(s.prompt) for s in samples]
+        valid = [i for i, r in enumerate(results) if r is None]  # a bad prompt fails alone, not its batch
         step = self.options.batch_size
-        for start in range(0, len(samples), step):
-            chunk = samples[start : start + step]
+        for start in range(0, len(valid), step):
+            chunk = [samples[i] for i in valid[start : start + step]]
             mu, sigma = self.model.score([s.image for s in chunk], [s.prompt for s in chunk])
-            results += [ScoreResult(float(m), details={"sigma": round(float(s), 6)}) for m, s in zip(mu, sigma, strict=True)]
+            for i, m, s in zip(valid[start : start + step], mu, sigma, strict=True):
+                results[i] = ScoreResult(float(m), details={"sigma": round(float(s), 6)})
         return results
+
+    @staticmethod
+    def _refusal(prompt: str) -> ScoreResult | None:
+        found = [t for t in BREAKING_TOKENS if t in prompt]
+        if found:
+            return ScoreResult.failed(f"the prompt contains {found[0]}, a special token of HPSv3's template; remove it")
+        return None

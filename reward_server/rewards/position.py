@@ -1,11 +1,18 @@
 """``position``: rule-based scoring of spatial relations from detector boxes.
 
-The rule (as in the PSR evaluation, after T2I-CompBench): with ``dx = cx(B) - cx(A)`` and
-``dy = cy(B) - cy(A)`` (image y grows downwards), "A left of B" needs ``dx > 0`` and
-``|dx| > |dy|``; right/above/below likewise. A correct direction scores 1, or ``0.1 / IoU`` when
-the boxes overlap with IoU >= 0.1; a wrong direction scores 0. "next to" scores 1 when
-``|dx|`` or ``|dy|`` is under 150 px, else ``150 / max(|dx|, |dy|)``. A category that is not
-detected scores 0 (reported), never a whole-image guess.
+The rule (after T2I-CompBench's 2-D spatial score): with ``dx = cx(B) - cx(A)`` and
+``dy = cy(B) - cy(A)`` (box centres in pixels; image y grows downwards), "A left of B" needs
+``dx > 0`` and ``|dx| > |dy|``; right/above/below likewise. A correct direction scores 1, or
+``0.1 / IoU`` when the boxes overlap with IoU >= 0.1; a wrong direction scores 0. "next to"
+(``next_to_rule: distance``, the default) scores 1 when the centre distance
+``d = sqrt(dx^2 + dy^2)`` is at most 150 px, else ``150 / d``. ``next_to_rule: t2i_compbench``
+reproduces T2I-CompBench instead: 1 when ``|dx|`` *or* ``|dy|`` is under 150 px, else
+``150 / max(|dx|, |dy|)`` -- which calls boxes 416 px apart on one axis and 40 px on the other
+"next to" each other. A category that is not detected scores 0 (reported), never a whole-image guess.
+
+The released PSR evaluation differs (for reproducing its numbers, not followed here): its phrase
+list never matches "next to", "left of" or "right of" (those prompts go unscored), it truncates
+boxes to integer pixels, and its above/below checks only the sign of ``dy``, not which axis dominates.
 
 The relation comes from ``metadata["relation"] = {"subject": ..., "relation": ..., "object": ...}``
 or is parsed from the prompt: the relation phrase, the subject category mentioned last before it
@@ -14,10 +21,11 @@ and the object category mentioned first after it (categories from the sample's s
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -67,14 +75,28 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def relation_score(relation: str, a: Box, b: Box, iou_threshold: float = 0.1, distance_px: float = 150.0) -> float:
+NextToRule = Literal["distance", "t2i_compbench"]
+
+
+def next_to_score(dx: float, dy: float, distance_px: float = 150.0, rule: NextToRule = "distance") -> float:
+    """"next to" from the centre offsets (see the module docstring for both rules)."""
+    if rule == "t2i_compbench":
+        if abs(dx) < distance_px or abs(dy) < distance_px:
+            return 1.0
+        return distance_px / max(abs(dx), abs(dy))
+    if rule != "distance":
+        raise ValueError(f"unknown next_to rule {rule!r}; use 'distance' or 't2i_compbench'")
+    distance = math.hypot(dx, dy)
+    return 1.0 if distance <= distance_px else distance_px / distance
+
+
+def relation_score(relation: str, a: Box, b: Box, iou_threshold: float = 0.1, distance_px: float = 150.0,
+                   next_to_rule: NextToRule = "distance") -> float:
     """Score "A <relation> B" from the two boxes (see the module docstring for the rule)."""
     dx = (b[0] + b[2]) / 2 - (a[0] + a[2]) / 2
     dy = (b[1] + b[3]) / 2 - (a[1] + a[3]) / 2
     if relation == "next_to":
-        if abs(dx) < distance_px or abs(dy) < distance_px:
-            return 1.0
-        return distance_px / max(abs(dx), abs(dy))
+        return next_to_score(dx, dy, distance_px, next_to_rule)
     direction_ok = {
         "left": dx > 0 and abs(dx) > abs(dy),
         "right": dx < 0 and abs(dx) > abs(dy),
@@ -115,6 +137,10 @@ class PositionOptions(StrictModel):
     detector: DetectorOptions = Field(default_factory=DetectorOptions, description="open-vocabulary detector")
     iou_threshold: float = Field(default=0.1, gt=0, le=1, description="overlap above which the score is threshold/IoU")
     next_to_distance_px: float = Field(default=150.0, gt=0, description="'next to' centre-distance threshold in pixels")
+    next_to_rule: NextToRule = Field(
+        default="distance", description="'distance': 1 within the threshold, else threshold/distance; "
+        "'t2i_compbench': 1 when either axis offset is under it (T2I-CompBench, for reproduction)"
+    )
 
 
 @register
@@ -122,6 +148,7 @@ class PositionReward(Reward):
     """Spatial-relation score from detector boxes; 0 when a category is not found."""
 
     type_name = "position"
+    code_version = "2"  # 2: "next to" by centre distance (was: either axis offset, T2I-CompBench)
     description = "rule-based spatial relation score (left/right/above/below/next to) from detector boxes"
     inputs = frozenset({PROMPT})
     Options = PositionOptions
@@ -169,7 +196,8 @@ class PositionReward(Reward):
             details["missing"] = [c for c, d in ((rel.subject, subj), (rel.object, obj)) if not d] or [rel.subject]
             return ScoreResult(0.0, details=details)
         opts = self.options
-        scored = [(relation_score(rel.relation, a.box, b.box, opts.iou_threshold, opts.next_to_distance_px), a, b) for a, b in pairs]
+        scored = [(relation_score(rel.relation, a.box, b.box, opts.iou_threshold, opts.next_to_distance_px,
+                                  opts.next_to_rule), a, b) for a, b in pairs]
         value, a, b = max(scored, key=lambda t: t[0])
         details.update(subject_box=[round(v, 1) for v in a.box], object_box=[round(v, 1) for v in b.box], iou=round(iou(a.box, b.box), 4))
         return ScoreResult(float(value), details=details)

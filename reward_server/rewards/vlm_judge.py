@@ -15,6 +15,7 @@ URL such as ``http://host:8000/v1``, ``spec.model`` = the served model name; str
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,7 @@ from reward_server.models.device import resolve_device, resolve_dtype
 from reward_server.models.judge import JudgeQuery
 from reward_server.rewards import register
 from reward_server.rewards.base import PROMPT, Reward, ScoreResult
-from shared.config import MODEL_REF, StrictModel
+from shared.config import MODEL_REF, ConfigError, StrictModel
 from shared.protocol import Sample
 
 TASKS = ("attribute", "action", "background", "complex", "generic")
@@ -99,6 +100,13 @@ class VlmJudgeReward(Reward):
         if self.options.backend == "openai":
             refs.pop("model", None)  # the served model's name, not a checkpoint
         return refs
+
+    def check(self) -> None:
+        super().check()
+        env = self.options.api_key_env
+        if self.options.backend == "openai" and env and not os.environ.get(env):
+            raise ConfigError(f"{self.origin('options.api_key_env')}: the environment variable {env} (the endpoint's "
+                              f"API key) is not set; export {env}=... where this reward runs")
 
     def load(self) -> None:
         opts = self.options

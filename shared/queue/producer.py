@@ -48,6 +48,18 @@ class NoLiveWorker(QueueError):
         )
 
 
+class UnknownReward(QueueError):
+    """No worker ever registered these rewards on this Redis (a misspelt name, or none started yet)."""
+
+    def __init__(self, rewards: Sequence[str], registered: Sequence[str]):
+        self.rewards = sorted(rewards)
+        known = ", ".join(sorted(registered)) or "none yet"
+        super().__init__(
+            f"no worker has registered rewards {self.rewards} on this Redis (registered: {known}); check the "
+            f"name, or start `psr worker --rewards {','.join(self.rewards)}` against this Redis"
+        )
+
+
 class QueueTimeout(TimeoutError):
     """The results did not arrive before the caller's deadline."""
 
@@ -104,8 +116,10 @@ class QueueProducer:
         self._closing = False
 
     async def start(self) -> None:
-        with contextlib.suppress(*REDIS_ERRORS):
+        try:
             await self.refresh()
+        except REDIS_ERRORS as exc:  # not fatal: the loops reconnect; but callers must hear why nothing works
+            self._note_outage(exc)
         self._tasks = [asyncio.create_task(self._follow_replies(), name="psr-replies"),
                        asyncio.create_task(self._refresh_loop(), name="psr-registry")]
 
@@ -129,6 +143,25 @@ class QueueProducer:
         """A worker for ``reward`` sent a heartbeat within ``worker_ttl_s``."""
         state = self.state.get(reward)
         return state is not None and time.time() - state.last_heartbeat < self.settings.worker_ttl_s
+
+    def where(self) -> str:
+        """``host:port/db`` of the Redis this producer talks to (never the password)."""
+        kw = self.r.connection_pool.connection_kwargs
+        if kw.get("path"):
+            return f"unix://{kw['path']}"
+        return f"{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
+
+    def unavailable(self, rewards: Sequence[str]) -> QueueError | None:
+        """Why ``rewards`` cannot be scored now -- Redis unreachable, a reward no worker ever
+        registered, no live worker -- or None when they can."""
+        if self.outage_since is not None:
+            return QueueError(f"Redis at {self.where()} is unreachable: {self.last_error}; check that "
+                              "redis-server runs there and the URL (host, port, password) is right")
+        unknown = [n for n in rewards if n not in self.state and n not in self.known_rewards]
+        if unknown:
+            return UnknownReward(unknown, [n for n, st in self.state.items() if st.description])
+        down = [n for n in rewards if not self.alive(n)]
+        return NoLiveWorker(down) if down else None
 
     async def refresh(self) -> None:
         """Re-read heartbeats, queue depths and the descriptions workers publish."""

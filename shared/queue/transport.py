@@ -7,8 +7,8 @@
 Answers are the same as over HTTP: the same jobs, the same workers, the same assembly of the
 response (``shared.scoring.assemble_response``). The transport learns each reward's
 batch size and version from what the workers publish. Errors map to the client's exceptions:
-no live worker or Redis down -> ``RetryableError`` (like a 503); a malformed request ->
-``RewardServiceError`` (like a 422).
+no live worker or Redis down -> ``RetryableError`` (like a 503), each saying which; a reward no
+worker ever registered (a misspelt name) or a malformed request -> ``RewardServiceError`` (like a 422).
 """
 
 from __future__ import annotations
@@ -23,7 +23,15 @@ from pydantic import ValidationError
 from shared.client import RetryableError, RewardServiceError
 from shared.protocol import InvalidRequest, Sample, ScoreRequest, Subject
 from shared.queue import messages as q
-from shared.queue.producer import NoLiveWorker, QueueError, QueueProducer, QueueTimeout, connect
+from shared.queue.producer import (
+    REDIS_ERRORS,
+    NoLiveWorker,
+    QueueError,
+    QueueProducer,
+    QueueTimeout,
+    UnknownReward,
+    connect,
+)
 from shared.scoring import ScoreResult, assemble_response, check_inputs
 
 DEFAULT_CHUNK = 32
@@ -53,9 +61,11 @@ class QueueTransport:
 
     async def _score(self, request: ScoreRequest) -> dict[str, Any]:
         names = list(request.rewards)
-        down = [n for n in names if not self.producer.alive(n)]
-        if down:
-            raise RetryableError(str(NoLiveWorker(down)), 503)
+        problem = self.producer.unavailable(names)
+        if isinstance(problem, UnknownReward):  # like an unknown reward over HTTP: retrying will not help
+            raise RewardServiceError(str(problem), 422)
+        if problem is not None:
+            raise RetryableError(str(problem), 503)
         state = self.producer.state
         _check_inputs(request, {n: state[n].description.get("inputs", ()) for n in names})
         chunks = {n: int(state[n].description.get("max_batch_size") or DEFAULT_CHUNK) for n in names}
@@ -79,7 +89,10 @@ class QueueTransport:
         """Only ``/v1/rewards``: what the live workers publish."""
         if path.rstrip("/") != "/v1/rewards":
             raise RewardServiceError(f"the queue transport has no route {path}", 404)
-        self._call(self.producer.refresh())
+        try:
+            self._call(self.producer.refresh())
+        except REDIS_ERRORS as exc:
+            raise RetryableError(f"Redis at {self.producer.where()} is unreachable: {exc}", 503) from exc
         return {"rewards": [{**st.description, "ready": self.producer.alive(name)}
                             for name, st in sorted(self.producer.state.items())]}
 

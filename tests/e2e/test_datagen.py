@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from shared.config import load_config
+from shared.config import ConfigError, load_config
 from tests.servers import REPO, psr_command, repo_env, server_process, wait_for
 from trainer.datagen.config import DatagenConfig
 from trainer.datagen.runner import RunOptions, run_datagen
@@ -30,7 +31,7 @@ def tiny(tiny_config: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tiny_config: Path):
-    with server_process(tiny_config, "--rewards", "aesthetic,dino_i,brightness,position") as url:
+    with server_process(tiny_config, "--rewards", "aesthetic,dino_i,brightness,position") as url:  # brightness: psr train
         yield url
 
 
@@ -39,7 +40,7 @@ def datagen(tiny: Path, server: str, out: Path, *overrides: str, **options) -> d
     config = tiny / "datagen.yaml"
     cfg = load_config(DatagenConfig, config, [f"filters.server={server}", *overrides])
     options.setdefault("limit", ITEMS)
-    return run_datagen(cfg, RunOptions(out=out, progress=False, base_dir=tiny, **options))
+    return run_datagen(cfg, RunOptions(out=out, progress=False, **options))
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,22 @@ def test_output_trains_and_benchmarks(reference, tiny, server, tmp_path):
                                    "reward:aesthetic", "reward:dino_i"}
     assert isinstance(prov["scores"]["aesthetic"], float) and len(prov["scores"]["identity"]) == len(sft[0].categories)
     assert isinstance(prov["seeds"]["t2i"], int)
+    # the filter scores in the provenance are the service's scores of those very images: the
+    # target's aesthetic, the edited target's, and each reference's similarity to its crop
+    from shared.client import RewardClient
+
+    edited = next(it.raw for it in sft if it.raw["provenance"]["edit"])
+    scores, image = edited["provenance"]["scores"], lambda rel: load_image(out / rel)
+    detect = {r["id"]: r for r in map(json.loads, (out / "manifests" / "detect.jsonl").read_text().splitlines())}
+    subjects = [[(edited[f"category{j + 1}"], image(crop))] for j, crop in enumerate(detect[edited["id"]]["crops"])]
+    with RewardClient(server, image_format="raw") as client:
+        aesthetic = client.score([image(edited["provenance"]["source_target"]), image(edited["target_path"])],
+                                 {"aesthetic": 1.0}).scores["aesthetic"]
+        identity = client.score([image(p) for p in edited["input_path"]], {"dino_i": 1.0},
+                                subjects=subjects).scores["dino_i"]
+    assert [scores["aesthetic"], scores["edit_aesthetic"]] == pytest.approx(list(aesthetic), abs=1e-4)
+    assert scores["identity"] == pytest.approx(list(identity), abs=1e-4)
+    assert len(scores["edit_detection"]) == len(edited["input_path"])
 
     grpo = load_items(DataConfig(file=str(out)), tmp_path)
     assert len(grpo) == ITEMS and all(len(p.references) == len(p.categories) >= 2 for p in grpo)
@@ -108,7 +125,7 @@ def test_output_trains_and_benchmarks(reference, tiny, server, tmp_path):
          "run.save_every=2", "run.image_every=100"],
     )
     result = run_training(cfg, progress=False)
-    assert result["steps"] == [0, 1] and all(r == r for r in result["reward_mean"])
+    assert result["steps"] == [1, 2] and all(r == r for r in result["reward_mean"])
     assert (Path(result["checkpoint"]) / "lora.safetensors").is_file()
 
 
@@ -148,12 +165,30 @@ def test_a_run_killed_mid_stage_resumes_to_the_same_data(reference, tiny, server
     assert manifest_ids(out, "targets")[: len(done)] == done  # finished work was kept, not redone
     assert_same_data(out, reference[0])  # batch size 1 and an interruption change nothing
 
+    # each filtering stage records the versions the service reported; a resume against a service
+    # hosting other versions (another deployment, a new checkpoint) is refused, not mixed in
+    import httpx
+
+    hosted = {r["name"]: r["version"] for r in httpx.get(f"{server}/v1/rewards").json()["rewards"]}
+    doc = json.loads((out / "run.json").read_text())
+    assert doc["stages"]["targets"]["rewards"] == {"aesthetic": hosted["aesthetic"]}
+    assert doc["stages"]["references"]["rewards"] == {"dino_i": hosted["dino_i"]}
+    doc["stages"]["references"]["rewards"] = {"dino_i": "image_similarity/1:another-dino@0000000000"}
+    (out / "run.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r"stage references .* was filtered by the reward version"):
+        datagen(tiny, server, out, resume=True)
+
 
 def test_shards_are_disjoint_and_merge_to_the_single_run(reference, tiny, server, tmp_path, capsys):
     from shared.cli import main
 
     out = tmp_path / "sharded"
-    parts = [datagen(tiny, server, out, shard=(i, 2)) for i in range(2)]
+    datagen(tiny, server, out, shard=(1, 2), stages=["prompts", "write"])  # shard 1 stops after its prompts
+    datagen(tiny, server, out, shard=(0, 2))
+    assert main(["datagen", "merge", str(out)]) == 2
+    assert "shard-00001-of-00002 has 3 pending item(s)" in capsys.readouterr().err
+    parts = [json.loads((out / "shard-00000-of-00002" / "summary.json").read_text()),
+             datagen(tiny, server, out, shard=(1, 2), resume=True)]
     folders = sorted(out.glob("shard-*"))
     assert [f.name for f in folders] == ["shard-00000-of-00002", "shard-00001-of-00002"]
     ids = [{e["id"] for e in entries(f)} for f in folders]
@@ -172,6 +207,10 @@ def test_shards_are_disjoint_and_merge_to_the_single_run(reference, tiny, server
     assert_same_data(elsewhere, reference[0])
     assert main(["datagen", "merge", str(folders[1]), "--out", str(tmp_path / "half")]) == 2
     assert "shard(s) 0/2 are missing" in capsys.readouterr().err
+    # a stage redone after the shard wrote its dataset: that dataset.json is stale until written again
+    datagen(tiny, server, out, shard=(1, 2), stages=["caption"], rerun=True)
+    assert main(["datagen", "merge", str(out)]) == 2
+    assert "has records newer than its dataset.json" in capsys.readouterr().err
 
 
 def stage_drops(summary: dict, stage: str) -> dict:
@@ -180,6 +219,7 @@ def stage_drops(summary: dict, stage: str) -> dict:
 
 def test_every_drop_reason_is_recorded(tiny, server, tmp_path):
     from tests.chat_server import running_chat_server
+    from trainer.datagen.text import EndpointUnavailable
 
     n = {"limit": 3}  # a complex, a three-subject and a position item
     # language models that write garbage (the tiny random LM and VLM): unparseable
@@ -201,6 +241,16 @@ def test_every_drop_reason_is_recorded(tiny, server, tmp_path):
         missing = datagen(tiny, server, tmp_path / "ep2", *endpoint,
                           "writer.scene_instruction='ANSWER=Prompt: an empty room|{subjects}'", stages=["prompts"], **n)
         assert stage_drops(missing, "prompts") == {"missing_subject": 3}
+        # a misconfigured endpoint is no drop: no answer could succeed, so the run stops on one line
+        scene = "writer.scene_instruction='ANSWER=Prompt: {subjects}|'"
+        for overrides, message in [
+            (["writer.model=qwen"], "does not serve the model 'qwen' (it serves fake)"),
+            ([f"writer.endpoint={url.removesuffix('/v1')}"], "answered HTTP 404: is the base URL right"),
+            (["writer.scene_instruction='FAIL=99x404 ANSWER=Prompt: {subjects}|'"], "endpoint answered HTTP 404"),
+        ]:
+            with pytest.raises(EndpointUnavailable, match=re.escape(message)):
+                datagen(tiny, server, tmp_path / "ep3", *endpoint, scene, *overrides, stages=["prompts"], resume=True, **n)
+        assert not manifest_ids(tmp_path / "ep3", "prompts")  # nothing recorded as dropped
 
     # one folder, each later stage redone (--rerun) with settings that drop everything for one reason
     out = tmp_path / "rules"
@@ -239,7 +289,16 @@ def test_bad_input_is_one_clear_line(tiny, server, tmp_path, capsys):
         assert code == 2 and "Traceback" not in err, err
         return err.splitlines()[-1]
 
-    assert "t2i.model: /no/such/t2i does not exist" in fails("--set", "t2i.model=/no/such/t2i")
+    assert "t2i.model: local path /no/such/t2i does not exist" in fails("--set", "t2i.model=/no/such/t2i")
+    (tmp_path / "a-file").write_text("")
+    assert fails(out="a-file").startswith(f"psr datagen: --out {tmp_path / 'a-file'}: cannot create the run folder")
+    from huggingface_hub import constants
+
+    with pytest.MonkeyPatch.context() as offline:  # a typo of a local folder looks like a hub id
+        offline.setattr(constants, "HF_HUB_OFFLINE", True)
+        line = fails("--set", "references.model=modls/generator", out="typo")
+    assert line.startswith("psr datagen: references.model: modls/generator is not a local folder")
+    assert not (tmp_path / "typo" / "run.json").exists()  # found before any work
     assert "category list is empty" in fails("--set", "categories=[]")
     assert "writer.endpoint" in fails("--set", "writer.kind=openai", "--set", "writer.model=m",
                                       "--set", f"writer.endpoint={closed}/v1", out="ep")
@@ -254,3 +313,13 @@ def test_bad_input_is_one_clear_line(tiny, server, tmp_path, capsys):
     assert "needs the records of stage targets" in fails("--stages", "detect", out="fresh")
     assert "--stages: unknown stage" in fails("--stages", "paint", out="fresh")
     assert "was made with other settings" in fails("--resume", "--set", "writer.places=[somewhere]", out="rewards")
+
+    # a checkpoint of the wrong kind (a text LM as the re-captioner) fails in its own way: one line too
+    from trainer.datagen.manifest import RunFolder
+    from trainer.datagen.stage2 import CaptionStage
+    from trainer.datagen.stages import StageContext
+
+    cfg = load_config(DatagenConfig, tiny / "datagen.yaml",
+                      [f"filters.server={server}", "caption.kind=transformers", f"caption.model={tiny / 'lm'}"])
+    with pytest.raises(ConfigError, match=r"^caption.model: cannot load .*lm: "):
+        CaptionStage(StageContext(cfg, RunFolder(tmp_path / "vlm"))).load()

@@ -34,6 +34,20 @@ def test_dry_run_runs_every_section(tiny_config, tmp_path, capsys):
         assert serving["served_images_per_s"] > 0 and serving["bare_images_per_s"] > 0
         assert report["bf16"][name]["max_abs_diff"] < 0.1
     assert report["judge"]["judgements_per_s"] > 0 and report["judge"]["hpsv3"]["scores_per_s"] > 0
+    # HPSv3 at about its real length: ~550 template tokens + 256 image tokens (in bytes it was ~3,100)
+    assert 700 < report["judge"]["hpsv3"]["tokens_per_sample"] < 1000
     assert report["flux"]["step_s"] > 0 and report["flux"]["sequence"] > 0
     assert set(report["subject"]["batch_2"]) >= {"detect", "crop", "embed", "assign"}
     assert all(0 <= report["overlap"][m]["reward_wait_fraction"] <= 1 for m in ("blocking", "overlapped"))
+
+
+def test_the_carried_wheels_are_what_the_gpu_machine_lacks():
+    """bench/gpu_wheels.py follows the project's requirements (as installed here) past the machine's own packages."""
+    from bench.gpu_wheels import needed
+
+    wanted = needed()
+    imported_by_the_suite = {"diffusers", "fastapi", "starlette", "uvicorn", "pydantic", "pydantic-core", "redis",
+                             "open-clip-torch", "timm", "ftfy", "transformers", "tokenizers", "huggingface-hub"}
+    assert imported_by_the_suite | {"annotated-types", "typing-inspection", "click", "h11"} <= set(wanted)
+    assert not {"torch", "torchvision", "numpy", "scipy", "pillow", "pytest", "ruff", "fakeredis"} & set(wanted)
+    assert all(wanted[name] for name in imported_by_the_suite)  # the versions CI tests

@@ -51,8 +51,8 @@ def test_mean_reward_rises_with_updates_and_not_without(tmp_path, reward_url):
     control = [gain(tiny, tmp_path / f"ctrl{s}", reward_url, s, False) for s in SEEDS]
     report = f"learned {learned}\ncontrol {control}"
     print(report)
-    # per-step batch means fluctuate by ~0.002 between steps; training adds ~0.02-0.03 in 8 steps
-    assert all(g > 0.008 for g, _ in learned), report
-    assert np.mean([g for g, _ in learned]) > 0.015, report
-    assert all(abs(g) < 0.006 for g, _ in control), report
+    # per-step batch means fluctuate by ~0.01 between steps; training adds ~0.15-0.2 in 8 steps
+    assert all(g > 0.05 for g, _ in learned), report
+    assert np.mean([g for g, _ in learned]) > 0.1, report
+    assert all(abs(g) < 0.03 for g, _ in control), report
     assert np.mean([g for g, _ in learned]) > 4 * max(abs(g) for g, _ in control), report

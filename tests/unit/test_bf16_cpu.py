@@ -1,14 +1,20 @@
 """Every dtype path in bf16, on the CPU, against fp32: rewards, batched preprocessing, a trainer update.
 
-bf16 keeps 8 bits of mantissa (relative error ~2^-9 per rounding), so dtype bugs (a float32
-tensor into a bf16 module, a head left in bf16, a processor's float output) show up here as
-crashes, and precision bugs as differences well past these tolerances:
+bf16 keeps 8 bits of mantissa (relative error ~2^-9 per rounding). Dtype bugs (a float32 tensor
+into a bf16 module, a processor's float output) show up here as crashes; precision bugs as
+differences past these tolerances, each about 10x what this test measured on the tiny models
+(x86 with AVX512-BF16; CPUs without it emulate bf16 and land closer to fp32):
 
 * preprocessing: each value within 2^-8 of its magnitude (one bf16 rounding);
-* cosine-type scores (clip_t, DINO-I, HPSv2, aesthetic MLP on CLIP): 0.02 absolute;
-  HPSv3 (mu, a few units): 0.05; judge (0-1): 0.01;
-  subject consistency with given boxes (embedder path): 0.02; with the tiny random detectors
-  (a box can cross a threshold): 0.1;
+* clip_t 0.02 (measured 2.3e-3: its logit scale multiplies the cosine), aesthetic 2e-3 (1.1e-4),
+  DINO-I 2e-3 (1.0e-4), HPSv2 5e-3 (3.9e-4), HPSv3 mu 0.05 (4.8e-3), judge 1e-3 (1.8e-5: the tiny
+  judge's digit distribution is nearly flat), subject consistency with given boxes (the embedder
+  path) 2e-3 (1.4e-4);
+* subject consistency with the tiny random detectors 0.1 (measured 6e-3): a box whose confidence
+  sits at a threshold may be kept in one dtype and dropped in the other;
+* structure: a bf16 reward holds bf16 weights, and HPSv3's head stays float32 and reads float32
+  hidden states as the authors run it (a bf16 head moved mu by 2e-3, inside the tolerance,
+  so it is checked directly);
 * trainer: the LoRA gradient of one update in bf16 points the same way as in fp32 (cosine > 0.99,
   norms within 5 %), LoRA weights stay fp32 and the frozen transformer is bf16.
 """
@@ -30,8 +36,8 @@ from tests.reward_contract import make_sample
 
 # reward -> (atol, rtol). pickscore and clip_i share clip_t's / aesthetic's CLIP code paths.
 TOLERANCE = {
-    "clip_t": (0.02, 0), "aesthetic": (0.02, 0), "dino_i": (0.02, 0), "hpsv2": (0.02, 0),
-    "hpsv3": (0.05, 0), "judge": (0.01, 0), "subject_fixed": (0.02, 0),
+    "clip_t": (0.02, 0), "aesthetic": (2e-3, 0), "dino_i": (2e-3, 0), "hpsv2": (5e-3, 0),
+    "hpsv3": (0.05, 0), "judge": (1e-3, 0), "subject_fixed": (2e-3, 0),
     "subject": (0.1, 0), "subject_owl": (0.1, 0),
 }
 HEAVY = {"hpsv3", "judge", "subject", "subject_owl"}  # one sample: bf16 matmuls are slow on CPUs
@@ -62,13 +68,26 @@ def _samples(name: str) -> list[Sample]:
     return samples
 
 
+@pytest.fixture(scope="module")
+def load_bf16(tiny_config):
+    """Factory: a tiny reward loaded in bf16 on the CPU, once per module."""
+    cache = {}
+
+    def load(name: str, extra: tuple[str, ...] = ()):
+        if (name, extra) not in cache:
+            cache[name, extra] = _load(tiny_config, name, "bfloat16", extra)
+        return cache[name, extra]
+
+    return load
+
+
 @pytest.mark.parametrize("name", sorted(TOLERANCE))
-def test_reward_in_bf16_matches_fp32(tiny_config, load_tiny_reward, name):
+def test_reward_in_bf16_matches_fp32(tiny_config, load_tiny_reward, load_bf16, name):
     if name == "subject_fixed":  # the embedder path alone: boxes come with the request
-        extra = ["rewards.subject.options.detector={kind: fixed}"]
-        fp32, bf16 = (_load(tiny_config, "subject", dtype, extra) for dtype in ("float32", "bfloat16"))
+        extra = ("rewards.subject.options.detector={kind: fixed}",)
+        fp32, bf16 = _load(tiny_config, "subject", "float32", extra), load_bf16("subject", extra)
     else:
-        fp32, bf16 = load_tiny_reward(name), _load(tiny_config, name, "bfloat16")
+        fp32, bf16 = load_tiny_reward(name), load_bf16(name)
         assert fp32.spec.dtype in ("auto", "float32") and not torch.cuda.is_available()  # auto = fp32 on CPU
     dtypes = {p.dtype for m in _modules(bf16) for p in m.parameters()}
     if _modules(fp32):
@@ -80,6 +99,20 @@ def test_reward_in_bf16_matches_fp32(tiny_config, load_tiny_reward, name):
     b = np.array([np.nan if r.score is None else r.score for r in b])
     atol, rtol = TOLERANCE[name]
     np.testing.assert_allclose(b, a, atol=atol, rtol=rtol, equal_nan=True)
+
+
+def test_hpsv3_head_stays_float32_in_a_bf16_model(load_bf16):
+    """As hpsv3==1.0.0 runs it: bf16 backbone, float32 ranknet head fed float32 hidden states."""
+    reward = load_bf16("hpsv3")
+    assert {p.dtype for p in reward.model.model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in reward.model.head.parameters()} == {torch.float32}
+    seen = []
+    handle = reward.model.head.register_forward_pre_hook(lambda _module, args: seen.append(args[0].dtype))
+    try:
+        reward.score(_samples("hpsv3"))
+    finally:
+        handle.remove()
+    assert seen == [torch.float32]
 
 
 def test_batched_preprocessing_in_bf16_is_one_rounding_of_fp32():

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from reward_server.config import ServerConfig
-from reward_server.registry import build_rewards, load_rewards
+from reward_server.registry import build_rewards, check_rewards, load_rewards
 from shared.cli import main
 from shared.config import ConfigError, load_config
 from shared.paths import MissingPathError, looks_local, resolve_path
@@ -135,7 +135,7 @@ def test_serve_with_a_cuda_device_and_no_gpu_is_one_line(capsys, tiny_config):
     code, out = run_cli(capsys, "serve", "--config", str(tiny_config), "--rewards", "brightness",
                         "--set", "rewards.brightness.device=cuda:0")
     line = one_line_error(out)
-    assert code == 2 and str(tiny_config) in line and "rewards.brightness.device" in line and "auto or cpu" in line
+    assert code == 2 and "--set rewards.brightness.device" in line and "auto or cpu" in line
 
 
 def test_placeholder_api_keys_are_refused(monkeypatch):
@@ -165,12 +165,13 @@ def test_preflight_names_rewards_the_server_lacks():
 
 
 def test_trainer_checks_the_server_before_loading_the_generator(monkeypatch):
+    import trainer.run
     import trainer.train as train
 
     def no_generator(*_a, **_k):
         raise AssertionError("the generator was loaded before the reward check")
 
-    monkeypatch.setattr(train, "build_policy", no_generator)
+    monkeypatch.setattr(trainer.run, "build_policy", no_generator)
     cfg = load_config(TrainConfig, TINY_CPU, ["model.path=x", "rewards.url=http://h:1"])
     with pytest.raises(RewardRequestRefused, match="brightness"):
         train.FlowGRPOTrainer(cfg, _Lister(["judge"]))
@@ -190,3 +191,92 @@ def test_train_on_a_missing_gpu_is_one_line(capsys, tiny_config):
                         "--set", f"model.path={tiny_config.parent / 'generator'}", "--set", "rewards.url=http://h:1")
     line = one_line_error(out)
     assert code == 2 and "model.device" in line and "CUDA is not available" in line
+
+
+def test_aesthetic_head_follows_the_path_rule(tmp_path, monkeypatch, tiny_server_config):
+    """Before: a relative options.head was opened from the working directory (not the config's folder)
+    and a missing one passed --check, failing only when the model loaded."""
+    import shutil
+
+    tiny = tiny_server_config.rewards["aesthetic"]
+    folder, elsewhere = tmp_path / "cfg", tmp_path / "elsewhere"
+    (folder / "heads").mkdir(parents=True)
+    elsewhere.mkdir()
+    shutil.copy(tiny.options["head"], folder / "heads" / "h.safetensors")
+    shutil.copytree(tiny.model, folder / "clip")
+    shutil.copy(tiny.options["head"], folder / "clip" / "inside.safetensors")
+    path = folder / "rewards.yaml"
+    path.write_text(yaml.safe_dump({"rewards": {
+        "a": {"type": "aesthetic", "model": tiny.model, "options": {"head": "heads/h.safetensors"}},
+        "b": {"type": "aesthetic", "model": "./clip", "options": {"head": "inside.safetensors"}},  # inside the model
+        "c": {"type": "aesthetic", "model": tiny.model, "options": {"head": "heads/typo.safetensors"}},
+    }}))
+    monkeypatch.chdir(elsewhere)
+    rewards = build_rewards(load_config(ServerConfig, path))
+    assert rewards["a"].options.head == str(folder / "heads" / "h.safetensors")
+    assert rewards["b"].options.head == str(folder / "clip" / "inside.safetensors")
+    check_rewards({"a": rewards["a"], "b": rewards["b"]})
+    with pytest.raises(MissingPathError, match=r"rewards\.c\.options\.head: local path .*cfg/heads/typo\.safetensors"):
+        check_rewards({"c": rewards["c"]})
+
+
+PAPER = REPO / "configs" / "psr_flux_kontext.yaml"
+
+
+def test_a_set_value_is_named_as_given_on_the_command_line(capsys, tmp_path):
+    """Before: '.../psr_flux_kontext.yaml: data.file: ... does not exist' for a value the user typed with --set."""
+    code, out = run_cli(capsys, "train", "--check", "--config", str(PAPER), "--set", f"data.file={tmp_path}/nope")
+    line = one_line_error(out)
+    assert code == 2 and line.startswith("psr train: --set data.file:") and str(PAPER) not in line
+
+
+def test_train_check_refuses_a_device_name_that_is_not_one(capsys, tmp_path):
+    """Before: only cuda* devices were checked, so model.device=gpu passed --check."""
+    code, out = run_cli(capsys, "train", "--check", "--config", str(PAPER), "--set", "model.device=gpu",
+                        "--set", "data.prompts=[{prompt: a dog}]", "--set", "data.file=null")
+    line = one_line_error(out)
+    assert code == 2 and "--set model.device" in line and "not a device name" in line
+
+
+def test_train_check_reads_the_dataset_and_finds_its_missing_images(capsys, tmp_path):
+    """Before: --check only saw that data.file existed; a dataset naming a missing image passed."""
+    (tmp_path / "dataset.json").write_text('[{"instruction": "a dog", "input_path": ["gone.png"], "category1": "dog"}]')
+    code, out = run_cli(capsys, "train", "--check", "--config", str(PAPER), "--set", f"data.file={tmp_path}")
+    assert code == 2 and "gone.png" in out and "Traceback" not in out, out
+
+
+def test_inline_references_follow_the_path_rule_and_are_checked(capsys, tmp_path, monkeypatch):
+    from PIL import Image
+
+    folder, elsewhere = tmp_path / "cfg", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "dog.png")
+    Image.new("RGB", (8, 8)).save(elsewhere / "cat.png")
+    path = folder / "train.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"path": "org/model"}, "rewards": {"url": "http://h:1", "reward_weights": {"brightness": 1.0}},
+        "data": {"prompts": [{"prompt": "a dog", "references": ["dog.png", "solid:1,2,3"]}]},
+    }))
+    monkeypatch.chdir(elsewhere)
+    cfg = resolve_paths(load_config(TrainConfig, path))
+    assert cfg.data.prompts[0].references == [str(folder / "dog.png"), "solid:1,2,3"]
+    cfg = resolve_paths(load_config(TrainConfig, path, ["data.prompts=[{prompt: a cat, references: [cat.png]}]"]))
+    assert cfg.data.prompts[0].references == [str(elsewhere / "cat.png")]  # --set: from the current folder
+    code, out = run_cli(capsys, "train", "--check", "--config", str(path),
+                        "--set", "data.prompts=[{prompt: a cat, references: [kat.png]}]")
+    line = one_line_error(out)
+    assert code == 2 and "--set data.prompts.0: references[0]" in line and str(elsewhere / "kat.png") in line
+
+
+def test_check_finds_an_unset_endpoint_key_variable(tmp_path, monkeypatch):
+    """Before: --check passed a judge whose api_key_env was not set; the worker failed when loading it."""
+    monkeypatch.delenv("PSR_TEST_JUDGE_KEY", raising=False)
+    path = tmp_path / "rewards.yaml"
+    path.write_text(yaml.safe_dump({"rewards": {"judge": {"type": "vlm_judge", "model": "Qwen/Qwen2.5-VL-7B-Instruct",
+        "options": {"backend": "openai", "endpoint": "http://127.0.0.1:9/v1", "api_key_env": "PSR_TEST_JUDGE_KEY"}}}}))
+    rewards = build_rewards(load_config(ServerConfig, path))
+    with pytest.raises(ConfigError, match=r"rewards\.judge\.options\.api_key_env: .*PSR_TEST_JUDGE_KEY.* is not set"):
+        check_rewards(rewards)
+    monkeypatch.setenv("PSR_TEST_JUDGE_KEY", "k" * 24)
+    check_rewards(rewards)

@@ -90,7 +90,7 @@ def test_labelled_answers_are_read(text, expected):
 
 
 @pytest.mark.parametrize("text", ["", "a dog on a sofa", "Prompt:", "Prompt: 42", "Caption: a dog", "Prompt: " + "a" * 700,
-                                  "\n\n\n\n"])
+                                  "\n\n\n\n", "Prompt: a dog\x07 on a sofa"])
 def test_unlabelled_or_broken_answers_are_rejected(text):
     value, problem = parse_labelled(text, "Prompt")
     assert value is None and problem
@@ -290,3 +290,83 @@ def test_edit_stage_drops_an_edit_that_lost_a_subject_and_describes_positions(tm
     assert edited["message"].startswith("after the edit") and run.load_image(edited["final_target"]).mean() == 200
     assert position["status"] == "kept" and position["relation"] == {"subject": "dog", "relation": "left", "object": "cup"}
     assert unchanged["status"] == "kept" and unchanged["final_target"] == target and not unchanged["edited"]
+
+
+def test_a_model_that_fails_to_load_in_any_way_is_one_config_line():
+    from trainer.datagen.models import loading
+
+    expected = r"^caption.model: cannot load lm: Qwen2Tokenizer has no attribute tokenizer$"
+    # a text LM given as the VLM: its processor has no .tokenizer
+    with pytest.raises(ConfigError, match=expected), loading("caption.model", "lm"):
+        raise AttributeError("Qwen2Tokenizer has no attribute tokenizer")
+
+
+def _fake_hub_cache(root, repo: str, commit: str, filename: str = "config.json"):
+    folder = root / ("models--" + repo.replace("/", "--"))
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    (folder / "snapshots" / commit).mkdir(parents=True)
+    (folder / "snapshots" / commit / filename).write_text("{}")
+
+
+def test_hub_models_are_versioned_by_commit_and_checked_before_work(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from trainer.datagen.models import check_hub_models, model_version
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # no network: the cache decides
+    _fake_hub_cache(tmp_path, "org/t2i", "0123abcd", "model_index.json")
+    assert model_version("org/t2i") == "org/t2i@0123abcd"
+    assert model_version("org/elsewhere", "v2") == "org/elsewhere@v2"  # not downloaded yet: what was asked for
+    cfg = _cfg(t2i={"model": "org/t2i"}, references={"model": "modls/generator"})
+    problems = check_hub_models(cfg, ["targets", "references"])
+    assert problems == ["references.model: modls/generator is not a local folder and not in the Hugging Face cache "
+                        "(HF_HUB_OFFLINE is set): check the path, or download it first"]
+    assert check_hub_models(cfg, ["targets"]) == []
+
+
+def test_the_caption_of_an_edit_states_what_the_edit_changed():
+    from trainer.datagen.text import Captioner, CaptionJob
+
+    captioner = Captioner(_cfg(caption={"kind": "none"}).caption)
+    job = CaptionJob(np.zeros((8, 8, 3), np.uint8), ["dog", "cup"], "a dog and a cup", "make the dog red", 1)
+    text = captioner.query(job).content[1]["text"]
+    rule, exception = text.index("do not describe how the subjects look"), text.index("do state what that edit changed")
+    assert rule < exception and '"make the dog red"' in text  # the exception comes after the rule it overrides
+    plain = captioner.query(CaptionJob(job.image, job.subjects, job.prompt, None, 1)).content[1]["text"]
+    assert "edit" not in plain and plain.endswith('starts with "Caption:".')
+
+
+def test_every_config_key_has_a_description():
+    """README "Data": every key has a type, a default and a description in trainer/datagen/config.py."""
+    from pydantic import BaseModel
+
+    def undocumented(model: type[BaseModel], prefix: str = "") -> list[str]:
+        out = []
+        for name, info in model.model_fields.items():
+            if not (info.description or "").strip():
+                out.append(prefix + name)
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                out += undocumented(info.annotation, f"{prefix}{name}.")
+        return out
+
+    assert undocumented(DatagenConfig) == []
+
+
+def test_relative_model_paths_follow_the_project_rule(tmp_path, monkeypatch):
+    """README "Data": relative model paths start at the config's folder (``--set`` ones at the current folder)."""
+    from trainer.datagen.config import resolve_model_paths
+
+    for folder in ("configs/models/t2i", "elsewhere/models/t2i"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "configs" / "cats.txt").write_text("dog\ncup\n")
+    config = tmp_path / "configs" / "d.yaml"
+    config.write_text(json.dumps({"filters": {"server": "http://127.0.0.1:1"}, "t2i": {"model": "models/t2i"},
+                                  "categories": "cats.txt", "references": {"model": "org/kontext"}}))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    cfg = resolve_model_paths(load_config(DatagenConfig, config))
+    assert cfg.t2i.model == str(tmp_path / "configs" / "models" / "t2i")  # not elsewhere/models/t2i
+    assert cfg.categories == str(tmp_path / "configs" / "cats.txt") and cfg.references.model == "org/kontext"
+    assert resolve_model_paths(load_config(DatagenConfig, config, ["t2i.model=models/t2i"])).t2i.model == \
+        str(tmp_path / "elsewhere" / "models" / "t2i")

@@ -33,7 +33,7 @@ CASES = [
     ("right", OVERLAP_RIGHT, A, 0.1 / (1 / 3)),
     ("left", A, FAR_DIAGONAL, 0.0),  # |dx| == |dy|: no dominant axis
     ("next_to", A, NEAR, 1.0),
-    ("next_to", A, FAR, 150.0 / 450.0),
+    ("next_to", A, FAR, 150.0 / (450.0 * 2**0.5)),  # centre distance 636 px
     ("next_to", A, A, 1.0),
 ]
 
@@ -48,9 +48,37 @@ def test_iou_and_thresholds():
     assert iou(A, RIGHT) == 0.0
     slight = (95.0, 100.0, 195.0, 200.0)  # IoU = 500 / 19500 < 0.1 -> still 1
     assert relation_score("left", A, slight) == 1.0
-    assert relation_score("next_to", A, FAR, distance_px=500) == 1.0
+    assert relation_score("next_to", A, FAR, distance_px=700) == 1.0
     with pytest.raises(ValueError, match="unknown relation"):
         relation_score("inside", A, RIGHT)
+
+
+def _centred(cx: float, cy: float, side: float = 60.0) -> tuple[float, float, float, float]:
+    return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+
+
+@pytest.mark.parametrize(("dx", "dy"), [(416, 40), (40, 416), (100, 100), (120, 120), (0, 0), (150, 0), (300, 400)])
+def test_next_to_follows_the_readme_by_default_and_t2i_compbench_on_request(dx, dy):
+    """README: 1 within 150 px of centre distance, else 150 / distance. T2I-CompBench: 1 when either
+    axis offset is under 150, else 150 / max(|dx|, |dy|)."""
+    a, b = _centred(500, 500), _centred(500 + dx, 500 - dy)
+    distance = (dx * dx + dy * dy) ** 0.5
+    readme = 1.0 if distance <= 150 else 150 / distance
+    compbench = 1.0 if abs(dx) < 150 or abs(dy) < 150 else 150 / max(abs(dx), abs(dy))
+    assert relation_score("next_to", a, b) == pytest.approx(readme)
+    assert relation_score("next_to", a, b, next_to_rule="t2i_compbench") == pytest.approx(compbench)
+
+
+def test_next_to_rule_is_an_option_of_the_reward():
+    spec = RewardSpec(type="position", device="cpu", options={"detector": {"kind": "fixed"}})
+    boxes = {"dog": [list(_centred(100, 100))], "cup": [list(_centred(516, 140))]}  # 416 px apart, 40 px down
+    sample = make_sample("a dog next to a cup", boxes, categories=("dog", "cup"))
+    scores = {}
+    for rule in ("distance", "t2i_compbench"):
+        reward = PositionReward("position", spec.model_copy(update={"options": {**spec.options, "next_to_rule": rule}}))
+        reward.load()
+        scores[rule] = reward.score([sample])[0].score
+    assert scores == {"distance": pytest.approx(150 / (416**2 + 40**2) ** 0.5), "t2i_compbench": 1.0}
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ def test_a_sample_missing_a_reference_is_422_like_over_http() -> None:
     transport = QueueTransport(f"redis://127.0.0.1:{free_port()}/0", timeout=5)  # nobody listens: nothing queued
     try:
         description = {"inputs": ["image", "references"], "max_batch_size": 4, "version": "v"}
+        transport.producer.outage_since = None  # pretend Redis answered and a worker is live
         transport.producer.state = {"subj": RewardState(last_heartbeat=time.time() + 3600, live_workers=1,
                                                         description=description)}
         client = RewardClient("redis://unused", transport=transport, max_retries=0)

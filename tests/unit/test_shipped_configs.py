@@ -42,6 +42,17 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
     return code, captured.out + captured.err
 
 
+def one_item_dataset(folder: Path) -> Path:
+    """A valid one-item dataset folder for SFT and GRPO (``--check`` parses it and looks for its images)."""
+    from PIL import Image
+
+    from trainer.dataset import item_entry, write_dataset
+
+    Image.new("RGB", (8, 8)).save(folder / "dog.png")
+    write_dataset(folder, [item_entry("a dog on a sofa", ["dog.png"], ["dog"], target_path="dog.png")])
+    return folder
+
+
 @pytest.mark.parametrize("path", [p for p in CONFIGS if is_server_config(p)], ids=lambda p: p.name)
 @pytest.mark.parametrize("command", ["serve", "worker"])
 def test_server_config_passes_check(capsys, path, command):
@@ -60,14 +71,14 @@ def test_datagen_config_is_valid(path):
 @pytest.mark.parametrize("path", [p for p in CONFIGS if config_kind(p) == "train"], ids=lambda p: p.name)
 def test_training_config_passes_check(capsys, path, tiny_config, tmp_path):
     data = yaml.safe_load(path.read_text())
-    fills = ["rewards.url=http://127.0.0.1:8000"]
+    grpo = data.get("algorithm", "grpo") == "grpo"  # SFT needs no reward server
+    fills = ["rewards.url=http://127.0.0.1:8000"] if grpo else []
     if str(data["model"]["path"]).startswith("REPLACE_WITH"):
         fills.append(f"model.path={tiny_config.parent / 'generator'}")
     if str(data["data"].get("file") or "").startswith("REPLACE_WITH"):
-        (tmp_path / "dataset.json").write_text("[]")
-        fills.append(f"data.file={tmp_path}")
+        fills.append(f"data.file={one_item_dataset(tmp_path)}")
     server = REPO / "configs" / PAIRS[path.name] if path.name in PAIRS else tiny_config
-    argv = ["train", "--check", "--config", str(path), "--rewards-config", str(server)]
+    argv = ["train", "--check", "--config", str(path), *(["--rewards-config", str(server)] if grpo else [])]
     code, out = run_cli(capsys, *argv, *(x for f in fills for x in ("--set", f)))
     assert code == 0 and f"{path}: OK" in out, out
 
@@ -86,9 +97,8 @@ def test_the_paper_configs_use_one_set_of_reward_names():
 
 
 def test_pairing_a_training_config_with_the_wrong_server_config_fails(capsys, tmp_path):
-    (tmp_path / "dataset.json").write_text("[]")
     code, out = run_cli(capsys, "train", "--check", "--config", str(REPO / "configs" / "psr_flux_kontext.yaml"),
-                        "--set", f"data.file={tmp_path}", "--rewards-config", str(REPO / "configs" / "rewards_psr_light.yaml"))
+                        "--set", f"data.file={one_item_dataset(tmp_path)}", "--rewards-config", str(REPO / "configs" / "rewards_psr_light.yaml"))
     assert code == 2 and "rewards.reward_weights" in out and "hpsv3" in out
 
 

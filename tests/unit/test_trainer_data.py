@@ -10,7 +10,8 @@ from PIL import Image
 
 from trainer.config import DataConfig
 from trainer.dataset import DatasetError
-from trainer.rollout import load_items, pick_items
+from trainer.mixing import ReferenceMix
+from trainer.rollout import load_items
 
 
 def test_psrbench_file_and_inline_items(tmp_path):
@@ -47,12 +48,32 @@ def test_bad_data_is_a_clear_error(tmp_path):
         DataConfig()
 
 
-def test_pick_items_is_deterministic_per_step_and_rank():
-    items = list(range(10))
-    assert pick_items(items, 4, 0, 3, 0) == pick_items(items, 4, 0, 3, 0)
-    assert pick_items(items, 4, 0, 3, 0) != pick_items(items, 4, 0, 3, 1)
-    assert pick_items(items, 4, 0, 3, 0) != pick_items(items, 4, 0, 4, 0)
-    assert len(set(pick_items(items, 10, 0, 0, 0))) == 10  # without replacement when there are enough
+def test_draws_are_deterministic_per_generator_seed():
+    mix = ReferenceMix([2] * 10)
+    draw = lambda *seed: mix.draw(np.random.default_rng(list(seed)), 4)  # noqa: E731
+    assert draw(0, 3, 0) == draw(0, 3, 0)
+    assert draw(0, 3, 0) != draw(0, 3, 1) and draw(0, 3, 0) != draw(0, 4, 0)
+    assert len(set(mix.draw(np.random.default_rng(0), 10))) == 10  # without replacement when there are enough
+
+
+def test_reference_mix_draws_counts_with_the_given_probabilities():
+    counts = [2] * 50 + [3] * 5 + [4] * 30  # the data's own proportions are not the mix
+    mix = ReferenceMix(counts, {2: 0.9, 3: 0.05, 4: 0.05})
+    drawn = np.array(counts)[mix.draw(np.random.default_rng(0), 20000)]
+    shares = [np.mean(drawn == k) for k in (2, 3, 4)]
+    np.testing.assert_allclose(shares, [0.9, 0.05, 0.05], atol=0.01)
+    # within a count, items are equally likely
+    fours = np.array(mix.draw(np.random.default_rng(1), 20000))
+    hist = np.bincount(fours[np.array(counts)[fours] == 4], minlength=85)[55:]
+    assert hist.min() > 0.6 * hist.mean()
+    # a batch shares one count, drawn with the same probabilities
+    batches = [mix.draw_batch(np.random.default_rng(s), 3) for s in range(4000)]
+    assert all(len({counts[i] for i in b}) == 1 for b in batches)
+    np.testing.assert_allclose(np.mean([counts[b[0]] == 2 for b in batches]), 0.9, atol=0.02)
+    with pytest.raises(ValueError, match=r"asks for items with \[1\] references.*2: 50 items"):
+        ReferenceMix(counts, {1: 0.5, 2: 0.5})
+    with pytest.raises(ValueError, match="sum to 1"):
+        DataConfig(file="x", reference_mix={2: 0.9, 3: 0.2})
 
 
 def test_psrbench_file_categories_must_cover_every_reference(tmp_path):

@@ -13,6 +13,7 @@ from trainer.grpo import (
     check_required,
     clipped_policy_loss,
     compute_advantages,
+    flow_grpo_equivalent_beta,
     gaussian_kl,
 )
 from trainer.sampling import gaussian_log_prob, sample_sde, sde_step_distribution, step_log_prob
@@ -39,7 +40,7 @@ def test_scale_batch_and_none():
     np.testing.assert_allclose(batch.values, none.values / (scores["r"].std() + 1e-4))
 
 
-def test_sum_then_normalize_vs_normalize_then_sum():
+def test_sum_then_normalize():
     scores = {"a": np.array([0.0, 1.0, 0.0, 1.0]), "b": np.array([0.0, 100.0, 100.0, 0.0])}
     weights = {"a": 1.0, "b": 0.01}
     groups = [0, 0, 1, 1]
@@ -48,9 +49,51 @@ def test_sum_then_normalize_vs_normalize_then_sum():
     np.testing.assert_allclose(s.values[:2], [-1.0, 1.0], atol=1e-3)
     np.testing.assert_allclose(s.values[2:], [0.0, 0.0], atol=1e-9)
     assert s.stats["groups/zero_std_fraction"] == 0.5
-    n = compute_advantages(scores, weights, groups, aggregation="normalize_then_sum")
-    # each reward normalised to +-1 in its group, then weighted
-    np.testing.assert_allclose(n.values, [-1.01, 1.01, -1.0 + 0.01, 1.0 - 0.01], atol=1e-3)
+
+
+def trl_normalize_then_sum(rewards_per_func: np.ndarray, weights: np.ndarray, g: int, ddof: int) -> np.ndarray:
+    """trl 1.16 GRPOTrainer, ``multi_objective_aggregation == "normalize_then_sum"``, rows grouped by g.
+
+    ``ddof=1`` is trl's ``nanstd`` (Bessel's correction); ``ddof=0`` is the population std we use."""
+    grouped = rewards_per_func.reshape(-1, g, rewards_per_func.shape[1])
+    mean_k = grouped.mean(axis=1, keepdims=True)
+    std_k = grouped.std(axis=1, keepdims=True, ddof=ddof)
+    reward_k = ((grouped - mean_k) / (std_k + 1e-4)).reshape(-1, rewards_per_func.shape[1])
+    rewards = (reward_k * weights[None, :]).sum(axis=1)
+    return (rewards - rewards.mean()) / (rewards.std(ddof=ddof) + 1e-4)
+
+
+def test_normalize_then_sum_is_trls_gdpo_rule():
+    rng = np.random.default_rng(0)
+    g, n_groups = 4, 3
+    a = rng.normal(0, 1, g * n_groups)
+    b = rng.normal(50, 30, g * n_groups)  # another scale: per-reward normalisation makes it not dominate
+    weights = np.array([0.7, 0.3])
+    expected = trl_normalize_then_sum(np.stack([a, b], 1), weights, g, ddof=0)
+    # our groups by explicit ids, in a shuffled order
+    order = rng.permutation(g * n_groups)
+    ids = np.repeat(np.arange(n_groups), g)
+    adv = compute_advantages(
+        {"a": a[order], "b": b[order]}, {"a": 0.7, "b": 0.3}, ids[order], aggregation="normalize_then_sum"
+    )
+    np.testing.assert_allclose(adv.values, expected[order], rtol=1e-6, atol=1e-9)
+    # the result is normalised over the whole batch (not per group): mean 0, std 1
+    assert abs(adv.values.mean()) < 1e-9 and adv.values.std() == pytest.approx(1.0, abs=1e-3)
+    # trl's Bessel-corrected std differs only by sqrt((N - 1) / N) overall
+    bessel = trl_normalize_then_sum(np.stack([a, b], 1), weights, g, ddof=1)
+    n = g * n_groups
+    np.testing.assert_allclose(bessel, expected * np.sqrt((n - 1) / n), rtol=2e-3, atol=1e-6)
+
+
+def test_normalize_then_sum_ignores_masked_samples():
+    a = np.array([0.0, 1.0, 2.0, np.nan, 5.0, 1.0])
+    adv = compute_advantages({"a": a}, {"a": 1.0}, [0, 0, 0, 1, 1, 1], aggregation="normalize_then_sum")
+    assert adv.mask.tolist() == [True, True, True, False, True, True]
+    kept = np.array([0.0, 1.0, 2.0, 5.0, 1.0])
+    per_group = np.concatenate([(kept[:3] - 1.0) / (kept[:3].std() + 1e-4), (kept[3:] - 3.0) / (2.0 + 1e-4)])
+    expected = (per_group - per_group.mean()) / (per_group.std() + 1e-4)
+    np.testing.assert_allclose(adv.values[adv.mask], expected, rtol=1e-6)
+    assert adv.values[3] == 0.0
 
 
 def test_failed_samples_are_masked_and_small_groups_dropped():
@@ -161,3 +204,20 @@ def test_masked_samples_do_not_enter_the_loss():
     torch.testing.assert_close(loss, ref)
     loss.backward()
     assert new.grad[2] == 0
+
+
+def test_our_kl_is_flow_grpos_divided_by_the_step_size():
+    """flow_grpo (train_sd3.py): kl = ((mean - mean_ref)**2).mean() / (2 * std_dev_t**2), std_dev_t the
+    diffusion coefficient without sqrt(|dt|); ours divides by the step's variance std_dev_t**2 * |dt|."""
+    g = torch.Generator().manual_seed(0)
+    x, v, v_ref = (torch.randn(2, 4, 8, generator=g) for _ in range(3))
+    sigmas = torch.tensor([1.0, 0.8, 0.55, 0.3, 0.0])
+    for k in (1, 2):
+        mean, std = sde_step_distribution(x, v, sigmas[k], sigmas[k + 1], 0.7, float(sigmas[1]))
+        ref_mean, _ = sde_step_distribution(x, v_ref, sigmas[k], sigmas[k + 1], 0.7, float(sigmas[1]))
+        dt = float(sigmas[k] - sigmas[k + 1])
+        std_dev_t = 0.7 * torch.sqrt(sigmas[k] / (1 - sigmas[k]))
+        flow_grpo_kl = ((mean - ref_mean) ** 2).mean(dim=(1, 2)) / (2 * std_dev_t**2)
+        torch.testing.assert_close(gaussian_kl(mean, ref_mean, std) * dt, flow_grpo_kl, rtol=1e-5, atol=1e-8)
+    # beta * KL_ours == beta_flow_grpo * KL_flow_grpo on average over the trained steps
+    assert flow_grpo_equivalent_beta(0.04, sigmas.tolist(), [1, 2]) == pytest.approx(0.04 * (0.25 + 0.25) / 2)

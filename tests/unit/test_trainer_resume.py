@@ -69,7 +69,7 @@ def test_resume_continues_exactly(tiny_path, client, tmp_path):
     assert resumed.resume("latest") == 2
     tail = resumed.train(progress=False)
 
-    assert tail["steps"] == [2]
+    assert tail["steps"] == [3]  # steps count from 1: the third step ran after resuming from step-000002
     assert tail["loss"][0] == pytest.approx(full["loss"][2], rel=1e-6, abs=1e-9)
     assert tail["reward_mean"][0] == pytest.approx(full["reward_mean"][2], rel=1e-9)
     a, b = lora_state_dict(straight.policy.transformer), lora_state_dict(resumed.policy.transformer)

@@ -58,7 +58,6 @@ def cmd_datagen(args: argparse.Namespace) -> int:
     opts = RunOptions(
         out=Path(args.out), stages=parse_stages(args.stages), shard=parse_shard(args.shard) if args.shard else (0, 1),
         resume=args.resume, rerun=args.rerun, limit=args.limit, progress=not args.no_progress,
-        base_dir=Path(args.config).resolve().parent,
     )
     summary = run_datagen(cfg, opts)
     print(json.dumps(summary, indent=1) if args.json else format_summary(summary))

@@ -8,7 +8,6 @@ for the tiny CPU models. Relative model paths start at the config file's folder.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -55,7 +54,7 @@ class LanguageModelConfig(Placement):
     revision: str | None = Field(default=None, description="hub revision of the checkpoint")
     endpoint: str | None = Field(default=None, description="openai: base URL, e.g. http://host:8000/v1")
     api_key_env: str | None = Field(default=None, description="openai: environment variable holding the API key")
-    max_new_tokens: int = Field(default=96, ge=8, le=1024)
+    max_new_tokens: int = Field(default=96, ge=8, le=1024, description="most tokens of one answer")
     concurrency: int = Field(default=16, ge=1, description="openai: requests in flight")
     timeout_s: float = Field(default=120.0, gt=0, description="openai: per request")
     max_retries: int = Field(default=2, ge=0, description="openai: retries on 408/429/5xx/connection errors")
@@ -78,7 +77,7 @@ class WriterConfig(LanguageModelConfig):
     )
     model: str | None = Field(default="Qwen/Qwen2.5-7B-Instruct", description="checkpoint, or the served model name")
     temperature: float = Field(default=0.7, ge=0, le=2, description="sampling temperature (0: greedy)")
-    top_p: float = Field(default=0.95, gt=0, le=1)
+    top_p: float = Field(default=0.95, gt=0, le=1, description="nucleus sampling mass (with temperature > 0)")
     batch_size: int = Field(default=32, ge=1, description="items per stage batch")
     scene_instruction: str = Field(default=instructions.SCENE, description="asks for 'Prompt: ...' ({subjects})")
     edit_instructions: dict[str, str] = Field(
@@ -92,8 +91,10 @@ class WriterConfig(LanguageModelConfig):
         default_factory=lambda: {k: list(v) for k, v in instructions.EDIT_TEMPLATES.items()},
         description="template: per edit task ({subject}, {other}, {colour}, {place})",
     )
-    places: list[str] = Field(default_factory=lambda: list(instructions.PLACES), min_length=1)
-    colours: list[str] = Field(default_factory=lambda: list(instructions.COLOURS), min_length=1)
+    places: list[str] = Field(default_factory=lambda: list(instructions.PLACES), min_length=1,
+                              description="template: the {place} fill-ins")
+    colours: list[str] = Field(default_factory=lambda: list(instructions.COLOURS), min_length=1,
+                               description="template: the {colour} fill-ins")
 
     @model_validator(mode="after")
     def _consistent(self) -> WriterConfig:
@@ -117,11 +118,11 @@ class T2IConfig(Placement):
     """The text-to-image model that draws the multi-subject target: any diffusers pipeline."""
 
     model: str = Field(default="black-forest-labs/FLUX.1-dev", description="loaded with DiffusionPipeline.from_pretrained")
-    revision: str | None = None
-    steps: int = Field(default=28, ge=1, le=1000)
-    guidance_scale: float = Field(default=3.5, ge=0)
+    revision: str | None = Field(default=None, description="hub revision of the pipeline")
+    steps: int = Field(default=28, ge=1, le=1000, description="sampling steps")
+    guidance_scale: float = Field(default=3.5, ge=0, description="the pipeline's guidance_scale")
     size: int = Field(default=512, ge=16, description="image side in pixels (multiple of 16)")
-    batch_size: int = Field(default=4, ge=1)
+    batch_size: int = Field(default=4, ge=1, description="images per pipeline call (and items per stage batch)")
     call_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="more keyword arguments of the pipeline call, e.g. max_sequence_length"
     )
@@ -151,11 +152,11 @@ class GeneratorConfig(Placement):
     model: str = Field(default="black-forest-labs/FLUX.1-Kontext-dev", description="pipeline folder or hub id")
     lora: str | None = Field(default=None, description="a PEFT adapter folder or a psr train checkpoint")
     lora_alpha: float | None = Field(default=None, gt=0, description="needed with a psr train checkpoint")
-    steps: int = Field(default=28, ge=1, le=1000)
+    steps: int = Field(default=28, ge=1, le=1000, description="sampling steps (ODE)")
     size: int = Field(default=512, ge=16, description="output side in pixels (multiple of 16)")
     reference_size: int | None = Field(default=None, ge=16, description="side the input image is resized to")
-    guidance_scale: float = Field(default=2.5, ge=0)
-    batch_size: int = Field(default=4, ge=1)
+    guidance_scale: float = Field(default=2.5, ge=0, description="distilled guidance of FLUX.1 Kontext")
+    batch_size: int = Field(default=4, ge=1, description="images per pipeline call (and items per stage batch)")
 
     @field_validator("size", "reference_size")
     @classmethod
@@ -169,7 +170,8 @@ class ReferencesConfig(GeneratorConfig):
     """Personalisation: each subject's crop redrawn in a new scene becomes its reference image."""
 
     prompt: str = Field(default=instructions.REFERENCE_PROMPT, description="{category}, {place}")
-    places: list[str] = Field(default_factory=lambda: list(instructions.PLACES), min_length=1)
+    places: list[str] = Field(default_factory=lambda: list(instructions.PLACES), min_length=1,
+                              description="the {place} fill-ins of the prompt (one drawn per subject)")
 
     @model_validator(mode="after")
     def _placeholders(self) -> ReferencesConfig:
@@ -195,8 +197,8 @@ class CaptionConfig(LanguageModelConfig):
     )
     model: str | None = Field(default="Qwen/Qwen2.5-VL-7B-Instruct", description="checkpoint or served model name")
     min_pixels: int | None = Field(default=None, description="Qwen-VL processor bounds on image size")
-    max_pixels: int | None = None
-    batch_size: int = Field(default=8, ge=1)
+    max_pixels: int | None = Field(default=None, description="Qwen-VL processor bounds on image size")
+    batch_size: int = Field(default=8, ge=1, description="items per stage batch (and per VLM forward pass)")
     instruction: str = Field(default=instructions.CAPTION, description="asks for 'Caption: ...' ({subjects}, {edit})")
     edit_context: str = Field(default=instructions.CAPTION_EDIT_CONTEXT, description="fills {edit} when edited")
 
@@ -213,7 +215,7 @@ class FiltersConfig(StrictModel):
 
     server: str | None = Field(default=None, description="reward service: http(s)://host:port or redis://host:6379/0")
     api_key_env: str | None = Field(default=None, description="environment variable holding the service's API key")
-    timeout_s: float = Field(default=600.0, gt=0)
+    timeout_s: float = Field(default=600.0, gt=0, description="per scoring request")
     aesthetic_reward: str | None = Field(default="aesthetic", description="served reward scoring targets (null: off)")
     aesthetic_floor: float = Field(default=5.0, description="targets scoring below are dropped")
     identity_reward: str | None = Field(
@@ -259,14 +261,14 @@ class DatagenConfig(StrictModel):
         default="objects365", description="'objects365' (bundled list of 365), a text file (one per line), or a list"
     )
     tasks: dict[str, float] = Field(default_factory=default_task_weights, description="task -> sampling weight")
-    writer: WriterConfig = Field(default_factory=WriterConfig)
-    t2i: T2IConfig = Field(default_factory=T2IConfig)
-    detect: DetectConfig = Field(default_factory=DetectConfig)
-    references: ReferencesConfig = Field(default_factory=ReferencesConfig)
-    edit: EditConfig = Field(default_factory=EditConfig)
-    caption: CaptionConfig = Field(default_factory=CaptionConfig)
-    filters: FiltersConfig = Field(default_factory=FiltersConfig)
-    contact_sheet: ContactSheetConfig = Field(default_factory=ContactSheetConfig)
+    writer: WriterConfig = Field(default_factory=WriterConfig, description=WriterConfig.__doc__)
+    t2i: T2IConfig = Field(default_factory=T2IConfig, description=T2IConfig.__doc__)
+    detect: DetectConfig = Field(default_factory=DetectConfig, description=DetectConfig.__doc__)
+    references: ReferencesConfig = Field(default_factory=ReferencesConfig, description=ReferencesConfig.__doc__)
+    edit: EditConfig = Field(default_factory=EditConfig, description=EditConfig.__doc__)
+    caption: CaptionConfig = Field(default_factory=CaptionConfig, description=CaptionConfig.__doc__)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig, description=FiltersConfig.__doc__)
+    contact_sheet: ContactSheetConfig = Field(default_factory=ContactSheetConfig, description=ContactSheetConfig.__doc__)
     cpu_threads: int | None = Field(
         default=None, ge=1, description="torch threads while models run on the CPU (1 is fastest for tiny models)"
     )
@@ -302,6 +304,15 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The reward filters each stage applies (``filters`` keys): their served versions are part of what
+# a stage made, so a run resumes only against a service hosting the same versions.
+STAGE_REWARDS: dict[str, tuple[str, ...]] = {
+    "targets": ("aesthetic_reward",),
+    "references": ("identity_reward",),
+    "edit": ("aesthetic_reward",),
+}
+
+
 def _strip_exec(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _strip_exec(v) for k, v in value.items() if k not in EXEC_FIELDS}
@@ -329,31 +340,29 @@ def stage_hashes(cfg: DatagenConfig, categories: list[str], stages: list[str]) -
     return hashes
 
 
-def resolve_model_paths(cfg: DatagenConfig, base_dir: Path) -> DatagenConfig:
-    """A copy whose relative model paths that exist under ``base_dir`` (the config's folder) are absolute.
+def resolve_model_paths(cfg: DatagenConfig) -> DatagenConfig:
+    """A copy whose local model paths (and a category file) are absolute, by the project's one rule
+    (``shared.paths``): relative to the config file's folder, or to the current folder for a
+    ``--set`` value. Hub ids stay as written; a local path that does not exist stays for
+    ``models.check_model_paths`` to report."""
+    from shared.paths import resolve_path
 
-    A value that exists from the working directory is taken from there; anything else stays as
-    written (a hub id, or a missing path that ``models.check_model_paths`` reports)."""
-    cfg = cfg.model_copy(deep=True)
+    out = cfg.model_copy(deep=True)
 
-    def resolve(value: str | None) -> str | None:
-        if not value or Path(value).is_absolute():
-            return value
-        if Path(value).exists():
-            return str(Path(value).resolve())
-        if (base_dir / value).exists():
-            return str((base_dir / value).resolve())
-        return value
+    def resolve(key: str, value: str | None, always_local: bool = False) -> str | None:
+        return resolve_path(value, cfg.path_base(key), always_local) if value else value
 
     if cfg.writer.kind == "transformers":
-        cfg.writer.model = resolve(cfg.writer.model)
+        out.writer.model = resolve("writer.model", cfg.writer.model)
     if cfg.caption.kind == "transformers":
-        cfg.caption.model = resolve(cfg.caption.model)
-    cfg.t2i.model = resolve(cfg.t2i.model)
-    cfg.detect.detector.model = resolve(cfg.detect.detector.model)
-    for section in (cfg.references, cfg.edit):
-        section.model = resolve(section.model)
-        section.lora = resolve(section.lora)
+        out.caption.model = resolve("caption.model", cfg.caption.model)
+    out.t2i.model = resolve("t2i.model", cfg.t2i.model)
+    out.detect.detector.model = resolve("detect.detector.model", cfg.detect.detector.model)
+    for name in ("references", "edit"):
+        section: GeneratorConfig = getattr(cfg, name)
+        getattr(out, name).model = resolve(f"{name}.model", section.model)
+        getattr(out, name).lora = resolve(f"{name}.lora", section.lora)
     if isinstance(cfg.categories, str) and cfg.categories != "objects365":
-        cfg.categories = resolve(cfg.categories)
-    return cfg
+        out.categories = resolve("categories", cfg.categories, always_local=True)
+    out._source, out._cli_keys = cfg._source, cfg._cli_keys
+    return out

@@ -101,6 +101,7 @@ class RewardFilters:
         self.cfg = cfg
         self.client = None
         self.versions: dict[str, str] = {}
+        self.hosted: dict[str, str | None] = {}  # reward name -> the version the service reports
         if cfg.server:  # without a server both filters are off (the config checks that)
             api_key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
             try:
@@ -126,6 +127,12 @@ class RewardFilters:
             if name and name not in hosted:
                 raise ConfigError(f"filters.{key}: the reward service at {self.cfg.server} does not host {name!r} "
                                   f"(it hosts {', '.join(sorted(hosted)) or 'nothing'})")
+        self.hosted = {name: info.get("version") for name, info in hosted.items()}
+
+    def hosted_versions(self, keys: Sequence[str]) -> dict[str, str | None]:
+        """``{reward name: version}`` of the configured filters ``keys`` (e.g. ``aesthetic_reward``) that are on."""
+        names = [getattr(self.cfg, key) for key in keys]
+        return {name: self.hosted.get(name) for name in names if name}
 
     def _score(self, name: str, images, **kwargs) -> list[Scored]:
         from shared.client import RewardServiceError

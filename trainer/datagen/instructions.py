@@ -26,12 +26,17 @@ EDIT = {
 }
 
 CAPTION = (
-    "The image shows these subjects: {subjects}.{edit} Describe the image in one sentence, as a prompt for "
+    "The image shows these subjects: {subjects}. Describe the image in one sentence, as a prompt for "
     "an image generator: what the subjects do, where they are and what surrounds them. Refer to each "
     "subject only by its word ({subjects}) and do not describe how the subjects look (no colour, breed, "
-    "texture, material or shape of a subject). Answer with a single line that starts with \"Caption:\"."
+    "texture, material or shape of a subject).{edit} Answer with a single line that starts with \"Caption:\"."
 )
-CAPTION_EDIT_CONTEXT = " It was made with the edit \"{edit}\"."
+# After the rule above, so it wins: an attribute edit changed how a subject looks, and the
+# instruction is the only place that change can be learnt from (the references show the old look).
+CAPTION_EDIT_CONTEXT = (
+    " The image was made by the edit \"{edit}\": do state what that edit changed, even where it "
+    "changed how a subject looks."
+)
 
 # Template writer (``writer.kind: template``): deterministic, offline, names every subject by construction.
 SCENE_TEMPLATES = ["a photo of {subjects} {place}", "{subjects} {place}, natural light"]

@@ -153,7 +153,10 @@ class RunFolder:
         """Hold an exclusive lock on the folder: two processes never write one run."""
         import fcntl
 
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file of that name, no permission, a read-only file system
+            raise ConfigError(f"--out {self.root}: cannot create the run folder ({exc.strerror or exc})") from None
         path = self.root / LOCK_FILE
         with open(path, "a+") as handle:
             try:

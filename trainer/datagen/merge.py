@@ -1,7 +1,7 @@
 """``psr datagen merge``: join the shards of one run into one dataset folder and report the counts.
 
 Shards must come from the same run (seed, categories, settings), each shard once, each finished
-(its ``dataset.json`` written). Items are ordered by index, so the merge of N shards equals the
+(no pending item, its ``dataset.json`` written after its last record). Items are ordered by index, so the merge of N shards equals the
 dataset of one unsharded run. Paths are rewritten relative to the merged folder; a shard outside
 it has its images copied in (hard links where the file system allows).
 """
@@ -81,16 +81,24 @@ def merge_shards(paths: list[Path], out: Path, sheet_items: int = 16, sheet_thum
     if not folders:
         raise ConfigError("no shard folders given")
     out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    _check_same_run(folders)
+    docs = _check_same_run(folders)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot create the merged folder ({exc.strerror or exc})") from None
     entries: list[dict[str, Any]] = []
     ids: dict[str, Path] = {}
     totals: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
     shards = []
-    for folder in folders:
-        if not (folder / "dataset.json").is_file():
-            raise ConfigError(f"{folder} has not written its dataset yet: finish it with psr datagen ... --resume")
+    for folder, doc in zip(folders, docs, strict=True):
+        summary = read_json(folder / SUMMARY_FILE, []) or {}
+        if not (folder / "dataset.json").is_file() or not doc.get("dataset_current"):
+            why = "has not written its dataset yet" if not (folder / "dataset.json").is_file() else \
+                "has records newer than its dataset.json (a stage ran after it was written)"
+            raise ConfigError(f"{folder} {why}: finish it with psr datagen ... --resume")
+        if summary.get("pending"):
+            raise ConfigError(f"{folder} has {summary['pending']} pending item(s): finish it with psr datagen ... --resume")
         try:
             _, items = load_dataset(folder, SFT_RULES)
         except DatasetError as exc:
@@ -103,7 +111,6 @@ def merge_shards(paths: list[Path], out: Path, sheet_items: int = 16, sheet_thum
             entry["input_path"] = [_place(folder, p, out) for p in entry["input_path"]]
             entry["target_path"] = _place(folder, entry["target_path"], out)
             entries.append(entry)
-        summary = read_json(folder / SUMMARY_FILE, []) or {}
         totals.update({k: summary.get(k, 0) for k in ("items", "kept", "pending")})
         dropped.update(summary.get("dropped", {}))
         shards.append({"folder": str(folder), "items": summary.get("items"), "kept": len(items)})

@@ -14,17 +14,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from shared.config import ConfigError
+from shared.paths import looks_local
 from trainer.datagen.config import DatagenConfig, DetectConfig, GeneratorConfig, Placement, T2IConfig
 
 T2IFn = Callable[[Sequence[str], Sequence[int]], list[np.ndarray]]
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def device_of(placement: Placement):
@@ -46,16 +45,35 @@ def dtype_of(placement: Placement, device):
 
 @contextlib.contextmanager
 def loading(key: str, model: str | None) -> Iterator[None]:
-    """Turn a failed ``from_pretrained`` into a one-line config error naming ``key``."""
+    """Turn a failed ``from_pretrained`` into a one-line config error naming ``key``.
+
+    Any exception counts: a checkpoint of the wrong kind fails in many ways (a processor without a
+    tokenizer raises AttributeError, a missing weight KeyError...), all of them the user's to fix."""
     try:
         yield
-    except (OSError, ValueError, RuntimeError, ImportError) as exc:
+    except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"{key}: cannot load {model}: {first}") from exc
 
 
+# A checkpoint's top-level file, one of which any model of the pipeline has.
+_TOP_FILES = ("model_index.json", "config.json", "adapter_config.json", "preprocessor_config.json")
+
+
+def cached_commit(repo_id: str, revision: str | None = None) -> str | None:
+    """The commit of ``repo_id`` in the local Hugging Face cache, or ``None`` when it is not cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in _TOP_FILES:
+        found = try_to_load_from_cache(repo_id, name, revision=revision)
+        if isinstance(found, str):
+            return Path(found).parent.name  # .../snapshots/<commit>/<name>
+    return None
+
+
 def model_version(model: str | None, revision: str | None = None) -> str:
-    """``id@revision`` for a hub model; a local folder gets a hash of its config files."""
+    """``id@commit`` for a cached hub model (``id@revision`` before it is downloaded); a local folder
+    gets a hash of its config files."""
     if not model:
         return "none"
     path = Path(model)
@@ -66,31 +84,72 @@ def model_version(model: str | None, revision: str | None = None) -> str:
             digest.update(file.name.encode())
             digest.update(file.read_bytes() if file.stat().st_size < 1_000_000 else str(file.stat().st_size).encode())
         return f"{path.name}@local:{digest.hexdigest()[:10]}"
+    if not looks_local(model):
+        commit = cached_commit(model, revision)
+        if commit:
+            return f"{model}@{commit}"
     return f"{model}@{revision or 'main'}"
 
 
-def check_model_paths(cfg: DatagenConfig, stages: Sequence[str]) -> list[str]:
-    """Models the selected stages need that are neither an existing path nor a hub id (``org/name``)."""
-    wanted: list[tuple[str, str | None]] = []
+def _stage_models(cfg: DatagenConfig, stages: Sequence[str]) -> list[tuple[str, str | None, str | None]]:
+    """``(config key, model, revision)`` of every model the selected stages load."""
+    from reward_server.models.detectors import DEFAULT_MODELS
+
+    wanted: list[tuple[str, str | None, str | None]] = []
     if "prompts" in stages and cfg.writer.kind == "transformers":
-        wanted.append(("writer.model", cfg.writer.model))
+        wanted.append(("writer.model", cfg.writer.model, cfg.writer.revision))
     if "targets" in stages:
-        wanted.append(("t2i.model", cfg.t2i.model))
-    if ("detect" in stages or ("edit" in stages and cfg.edit.check_subjects)) and cfg.detect.detector.kind != "fixed":
-        wanted.append(("detect.detector.model", cfg.detect.detector.model))
+        wanted.append(("t2i.model", cfg.t2i.model, cfg.t2i.revision))
+    detector = cfg.detect.detector
+    if ("detect" in stages or ("edit" in stages and cfg.edit.check_subjects)) and detector.kind != "fixed":
+        wanted.append(("detect.detector.model", detector.model or DEFAULT_MODELS[detector.kind], None))
     for stage in ("references", "edit"):
         if stage in stages:
             section: GeneratorConfig = getattr(cfg, stage)
-            wanted += [(f"{stage}.model", section.model), (f"{stage}.lora", section.lora)]
+            wanted += [(f"{stage}.model", section.model, None), (f"{stage}.lora", section.lora, None)]
     if "caption" in stages and cfg.caption.kind == "transformers":
-        wanted.append(("caption.model", cfg.caption.model))
+        wanted.append(("caption.model", cfg.caption.model, cfg.caption.revision))
+    return [w for w in wanted if w[1] is not None]
+
+
+def check_model_paths(cfg: DatagenConfig, stages: Sequence[str], source: Path | None = None) -> list[str]:
+    """Local model paths (``shared.paths``' rule) the selected stages need that do not exist."""
+    from shared.paths import MissingPathError, check_model_ref
+
     problems = []
-    for key, value in wanted:
-        if value is None or Path(value).exists():
+    for key, value, _ in _stage_models(cfg, stages):
+        try:
+            check_model_ref(value, key, source)
+        except MissingPathError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def check_hub_models(cfg: DatagenConfig, stages: Sequence[str], timeout_s: float = 10.0) -> list[str]:
+    """Hub ids the selected stages need that are neither in the local cache nor on the hub.
+
+    ``models/generatr`` (a typo of a local folder) looks like a hub id: without this check it would
+    fail only when its stage starts, after the hub's retries, hours into a run."""
+    from huggingface_hub import constants, model_info
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    problems = []
+    for key, value, revision in _stage_models(cfg, stages):
+        if Path(value).exists() or looks_local(value) or cached_commit(value, revision):
             continue
-        if _HUB_ID.match(value) and not value.startswith("."):
+        where = f"{key}: {value} is not a local folder and not in the Hugging Face cache"
+        if constants.HF_HUB_OFFLINE:
+            problems.append(f"{where} (HF_HUB_OFFLINE is set): check the path, or download it first")
             continue
-        problems.append(f"{key}: {value} does not exist (a local path or a hub id such as org/name)")
+        try:
+            model_info(value, revision=revision, timeout=timeout_s)
+        except GatedRepoError:
+            continue  # it exists; loading it needs a token, which from_pretrained reports
+        except (RepositoryNotFoundError, RevisionNotFoundError):
+            problems.append(f"{where}, nor a model on the hub you can access: check the path (a typo?) "
+                            "or set HF_TOKEN for a private model")
+        except Exception as exc:  # no network: from_pretrained could not download it either
+            problems.append(f"{where}, and the hub cannot be reached ({type(exc).__name__}): check the path")
     return problems
 
 
@@ -101,7 +160,7 @@ def load_t2i(cfg: T2IConfig) -> T2IFn:
 
     device = device_of(cfg)
     with loading("t2i.model", cfg.model):
-        pipe = DiffusionPipeline.from_pretrained(cfg.model, revision=cfg.revision, torch_dtype=dtype_of(cfg, device))
+        pipe = DiffusionPipeline.from_pretrained(cfg.model, revision=cfg.revision, dtype=dtype_of(cfg, device))
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
 

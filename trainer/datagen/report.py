@@ -35,7 +35,8 @@ def dataset_entry(state: dict[str, Any], models: dict[str, str]) -> dict[str, An
         "relation": state.get("relation"),
         "reference_prompts": state["reference_prompts"],
         "seeds": {"t2i": state["t2i_seed"], "references": state["reference_seeds"], "edit": state.get("edit_seed")},
-        "scores": {"aesthetic": state.get("aesthetic"), "identity": state["identity"], "detection": state["box_scores"]},
+        "scores": {"aesthetic": state.get("aesthetic"), "identity": state["identity"], "detection": state["box_scores"],
+                   "edit_aesthetic": state.get("edit_aesthetic"), "edit_detection": state.get("edit_box_scores")},
         "models": models,
     }
     return item_entry(state["instruction"], state["references"], state["categories"], state["final_target"],

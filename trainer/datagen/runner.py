@@ -21,6 +21,7 @@ from typing import Any
 from shared.config import ConfigError, config_hash
 from trainer.datagen.categories import check_enough, load_categories, plan_item, shard_indices
 from trainer.datagen.config import (
+    STAGE_REWARDS,
     STAGE_SETTINGS,
     DatagenConfig,
     resolve_model_paths,
@@ -28,7 +29,7 @@ from trainer.datagen.config import (
     stage_settings,
 )
 from trainer.datagen.manifest import IMAGES, RunFolder
-from trainer.datagen.models import check_model_paths, model_versions
+from trainer.datagen.models import check_hub_models, check_model_paths, model_versions
 from trainer.datagen.records import KEPT
 from trainer.datagen.stage1 import DetectStage, PromptsStage, ReferencesStage, TargetsStage
 from trainer.datagen.stage2 import CaptionStage, EditStage
@@ -55,7 +56,6 @@ class RunOptions:
     rerun: bool = False
     limit: int | None = None
     progress: bool = True
-    base_dir: Path = Path(".")
 
 
 def parse_stages(text: str) -> list[str]:
@@ -84,7 +84,7 @@ class DatagenRun:
 
     def __init__(self, raw: DatagenConfig, opts: RunOptions):
         self.raw, self.opts = raw, opts
-        self.cfg = resolve_model_paths(raw, opts.base_dir)
+        self.cfg = resolve_model_paths(raw)
         self.categories = load_categories(self.cfg.categories)
         check_enough(self.categories, raw.tasks)
         self.run = RunFolder(shard_folder(opts.out, opts.shard))
@@ -103,13 +103,15 @@ class DatagenRun:
 
         with self.run.locked(), torch_threads(self.raw.cpu_threads):
             self._open_run()  # checks only: nothing is written before every check passed
-            problems = check_model_paths(self.cfg, self.opts.stages)
+            problems = (check_model_paths(self.cfg, self.opts.stages, self.raw.source)
+                        or check_hub_models(self.cfg, self.opts.stages))
             if problems:
                 raise ConfigError("; ".join(problems))
             ctx = StageContext(self.cfg, self.run, self.doc["models"])
             started = False
             try:
                 self._preflight(ctx)
+                self._check_reward_versions(ctx)
                 self._discard()
                 self.run.remove_partial_files()
                 self.run.write_run(self.doc)
@@ -123,20 +125,26 @@ class DatagenRun:
                     self.run.write_run(self.doc)
             self._read_all()
             if "write" in self.opts.stages:
+                self.doc["models"].update(model_versions(self.cfg))  # hub models downloaded meanwhile: their commits
                 write_outputs(self)
+                self.doc["dataset_current"] = True
+                self.run.write_run(self.doc)
             return summarise(self)
+
+    def _records_change(self) -> None:
+        """Mark ``dataset.json`` out of date (on disk, before any record changes): merge refuses it."""
+        if self.doc.get("dataset_current", True):
+            self.doc["dataset_current"] = False
+            self.run.write_run(self.doc)
 
     def _preflight(self, ctx: StageContext) -> None:
         """Reach every endpoint and the reward service the selected stages use: fail in seconds, not hours."""
-        from reward_server.models.chat_endpoint import ChatEndpoint
-        from trainer.datagen.text import EndpointUnavailable
+        from trainer.datagen.text import chat_endpoint, require_reachable
 
         stages = self.opts.stages
         for key, section, stage in (("writer", self.cfg.writer, "prompts"), ("caption", self.cfg.caption, "caption")):
             if stage in stages and section.kind == "openai":
-                problem = ChatEndpoint(section.endpoint, section.model, timeout_s=section.timeout_s).check_reachable()
-                if problem:
-                    raise EndpointUnavailable(f"{key}.endpoint: {problem}")
+                require_reachable(chat_endpoint(section, key), key)
         if {"targets", "references", "edit"} & set(stages):
             ctx.filters()  # checks that the service answers and hosts the configured rewards
 
@@ -167,8 +175,26 @@ class DatagenRun:
         earlier = {k: v for k, v in self.doc.get("models", {}).items() if k.startswith("reward:")}
         self.doc["models"] = {**model_versions(self.cfg), **earlier}
 
+    def _check_reward_versions(self, ctx: StageContext) -> None:
+        """Records of a stage were filtered with the rewards' versions then: resume only with the same ones."""
+        for stage, keys in STAGE_REWARDS.items():
+            if stage not in self.opts.stages:
+                continue
+            now = ctx.filters().hosted_versions(keys)
+            info = self.doc["stages"][stage]
+            before = info.get("rewards")
+            manifest = self.run.manifest(stage).path
+            has_records = manifest.is_file() and manifest.stat().st_size > 0 and stage not in self.discarding
+            if has_records and before is not None and before != now:
+                raise ConfigError(f"stage {stage} in {self.run.root} was filtered by the reward version(s) {before}; "
+                                  f"the service at {self.cfg.filters.server} hosts {now}: point filters.server at the "
+                                  f"deployment the run used, or redo the stage with --rerun --stages {stage}")
+            info["rewards"] = now
+
     def _discard(self) -> None:
         """``--rerun``: delete the records and images of the stages being made again."""
+        if self.discarding:
+            self._records_change()
         for stage in self.discarding:
             self.run.manifest(stage).path.unlink(missing_ok=True)
             if stage in STAGE_IMAGES:
@@ -237,6 +263,7 @@ class DatagenRun:
         dropped = sum(r["status"] != KEPT for r in done.values())
         try:
             if pending:
+                self._records_change()
                 start = time.perf_counter()
                 stage.load()
                 stage.loaded = True

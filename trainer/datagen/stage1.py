@@ -12,7 +12,14 @@ from trainer.datagen.filters import check_boxes, padded
 from trainer.datagen.models import device_of, dtype_of, load_detector, load_generator, load_t2i, loading
 from trainer.datagen.records import dropped, kept
 from trainer.datagen.stages import Item, Stage, chunks, square
-from trainer.datagen.text import CausalLMWriter, EndpointWriter, TemplateWriter, WriteJob, read_answer
+from trainer.datagen.text import (
+    CausalLMWriter,
+    EndpointWriter,
+    TemplateWriter,
+    WriteJob,
+    read_answer,
+    require_reachable,
+)
 
 
 class PromptsStage(Stage):
@@ -30,11 +37,7 @@ class PromptsStage(Stage):
             self.writer = TemplateWriter(cfg)
         elif cfg.kind == "openai":
             self.writer = EndpointWriter(cfg)
-            from trainer.datagen.text import EndpointUnavailable
-
-            problem = self.writer.endpoint.check_reachable()
-            if problem:
-                raise EndpointUnavailable(f"writer.endpoint: {problem}")
+            require_reachable(self.writer.endpoint, "writer")
         else:
             device = device_of(cfg)
             with loading("writer.model", cfg.model):
@@ -91,9 +94,10 @@ class TargetsStage(Stage):
                 for it, score, path, seed in zip(items, scores, paths, seeds, strict=True)]
 
 
-def aesthetic_record(filters_cfg, item: Item, score, **fields) -> Item:
-    """Kept, or dropped below the aesthetic floor (or when the service could not score it)."""
-    fields = {**fields, "aesthetic": score.value}
+def aesthetic_record(filters_cfg, item: Item, score, key: str = "aesthetic", **fields) -> Item:
+    """Kept, or dropped below the aesthetic floor (or when the service could not score it); the
+    score is recorded under ``key``."""
+    fields = {**fields, key: score.value}
     if filters_cfg.aesthetic_reward:
         if score.value is None:
             return dropped(item, "score_failed", f"aesthetic: {score.error}", **fields)

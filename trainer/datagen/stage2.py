@@ -11,7 +11,7 @@ from trainer.datagen.models import device_of, dtype_of, load_detector, load_gene
 from trainer.datagen.records import dropped, kept
 from trainer.datagen.stage1 import aesthetic_record
 from trainer.datagen.stages import Item, Stage
-from trainer.datagen.text import Captioner, CaptionJob, EndpointUnavailable, read_answer
+from trainer.datagen.text import Captioner, CaptionJob, read_answer, require_reachable
 
 
 class EditStage(Stage):
@@ -45,8 +45,11 @@ class EditStage(Stage):
                 fields = dict(final_target=path, edited=True, edit_seed=seed)
                 if check is not None and check.reason:
                     records[item["id"]] = dropped(item, check.reason, f"after the edit: {check.message}", **fields)
-                else:
-                    records[item["id"]] = aesthetic_record(self.cfg.filters, item, score, **fields)
+                    continue
+                if check is not None:
+                    fields["edit_box_scores"] = check.scores
+                # its own key: the target's aesthetic score stays in the item's provenance
+                records[item["id"]] = aesthetic_record(self.cfg.filters, item, score, key="edit_aesthetic", **fields)
         return [records[it["id"]] for it in items]
 
     def _unedited(self, item: Item) -> Item:
@@ -84,9 +87,7 @@ class CaptionStage(Stage):
         else:
             self.captioner = Captioner(cfg)
             if self.captioner.endpoint is not None:
-                problem = self.captioner.endpoint.check_reachable()
-                if problem:
-                    raise EndpointUnavailable(f"caption.endpoint: {problem}")
+                require_reachable(self.captioner.endpoint, "caption")
 
     def process(self, items: list[Item]) -> list[Item]:
         records = {}

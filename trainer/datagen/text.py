@@ -19,7 +19,7 @@ import numpy as np
 from reward_server.models.chat_endpoint import ChatAnswer, ChatEndpoint
 from reward_server.models.vlm import ChatQuery
 from shared.config import ConfigError, config_hash
-from trainer.datagen.config import CaptionConfig, WriterConfig
+from trainer.datagen.config import CaptionConfig, LanguageModelConfig, WriterConfig
 
 LABELS = {"scene": "Prompt", "edit": "Edit", "caption": "Caption"}
 MAX_ANSWER_CHARS = 600
@@ -27,6 +27,22 @@ MAX_ANSWER_CHARS = 600
 
 class EndpointUnavailable(ConfigError):
     """A model endpoint stopped answering: the run stops; what finished is kept."""
+
+
+def chat_endpoint(cfg: LanguageModelConfig, section: str, sampling: dict | None = None) -> ChatEndpoint:
+    """The OpenAI-compatible endpoint of a ``writer`` / ``caption`` section (``kind: openai``)."""
+    try:
+        return ChatEndpoint(cfg.endpoint, cfg.model, cfg.api_key_env, cfg.concurrency, cfg.timeout_s,
+                            cfg.max_retries, cfg.max_new_tokens, sampling=sampling)
+    except RuntimeError as exc:  # the API key's environment variable is not set
+        raise ConfigError(f"{section}.api_key_env: {exc}") from exc
+
+
+def require_reachable(endpoint: ChatEndpoint, section: str) -> None:
+    """Stop with one line when the endpoint is down, at another URL, or does not serve the model."""
+    problem = endpoint.check_reachable()
+    if problem:
+        raise EndpointUnavailable(f"{section}.endpoint: {problem}")
 
 
 @dataclass
@@ -162,10 +178,7 @@ class EndpointWriter:
 
     def __init__(self, cfg: WriterConfig):
         self.cfg = cfg
-        self.endpoint = ChatEndpoint(
-            cfg.endpoint, cfg.model, cfg.api_key_env, cfg.concurrency, cfg.timeout_s, cfg.max_retries,
-            cfg.max_new_tokens, sampling={"temperature": cfg.temperature, "top_p": cfg.top_p},
-        )
+        self.endpoint = chat_endpoint(cfg, "writer", sampling={"temperature": cfg.temperature, "top_p": cfg.top_p})
 
     def answers(self, jobs: Sequence[WriteJob]) -> list[ChatAnswer]:
         queries = [ChatQuery([{"type": "text", "text": writer_instruction(self.cfg, j)}], []) for j in jobs]
@@ -195,8 +208,7 @@ class Captioner:
             self.vlm = VisionLanguageModel(cfg.model, device, dtype, cfg.min_pixels, cfg.max_pixels, cfg.batch_size,
                                            cfg.revision)
         elif cfg.kind == "openai":
-            self.endpoint = ChatEndpoint(cfg.endpoint, cfg.model, cfg.api_key_env, cfg.concurrency, cfg.timeout_s,
-                                         cfg.max_retries, cfg.max_new_tokens)
+            self.endpoint = chat_endpoint(cfg, "caption")
 
     def query(self, job: CaptionJob) -> ChatQuery:
         edit = self.cfg.edit_context.format(edit=job.edit) if job.edit else ""

@@ -8,8 +8,8 @@ Grounding DINO, Qwen2.5-VL) and the ``aesthetic`` / ``dino_i`` rewards of ``DIR/
 Random models write garbage and find random boxes, so the tiny config makes kept items with
 ``writer.kind: template`` and ``caption.kind: none`` (deterministic text, no language model), samples every task equally
 (a few items show them all), draws 32 px images,
-keeps the detector's best box per category (``max_per_category: 1``) and sets the filter
-thresholds where random scores pass. ``--set writer.kind=transformers`` (or
+keeps the detector's best box per category (``max_per_category: 1``, thresholds 0) and sets the
+filter thresholds where random scores pass. ``--set writer.kind=transformers`` (or
 ``caption.kind=transformers``) runs the tiny LM / VLM instead: their answers are recorded as
 ``unparseable`` drops, which is what a real pipeline does with garbage.
 """
@@ -53,7 +53,8 @@ def tiny_config(server: str = "http://127.0.0.1:8000") -> dict:
         "writer": {"kind": "template", "model": LM_DIR, "device": "cpu", "max_new_tokens": 24, "temperature": 0.0},
         "t2i": {"model": T2I_DIR, "steps": 4, "size": 32, "guidance_scale": 3.5, "batch_size": 4, "device": "cpu",
                 "call_kwargs": {"max_sequence_length": 32}},
-        "detect": {"detector": {"kind": "grounding_dino", "model": "grounding-dino", "max_per_category": 1},
+        "detect": {"detector": {"kind": "grounding_dino", "model": "grounding-dino", "max_per_category": 1,
+                                "box_threshold": 0.0, "text_threshold": 0.0},
                    "min_box_area": 0.0, "crop_margin": 0.5, "device": "cpu"},
         "references": {"model": "generator", "steps": 4, "size": 32, "guidance_scale": 1.0, "batch_size": 8,
                        "device": "cpu"},

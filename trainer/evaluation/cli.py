@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import shutil
 import sys
 from pathlib import Path
+
+from shared.cli_args import add_api_key_refusal, add_server_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,15 +27,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--lora", default=None,
                      help="LoRA to apply: a PEFT adapter folder or a `psr train` checkpoint (folder or lora.safetensors)")
     gen.add_argument("--lora-alpha", type=float, default=None,
-                     help="lora.alpha of the training config (needed for `psr train` checkpoints)")
-    gen.add_argument("--steps", type=int, default=28, help="sampling steps")
-    gen.add_argument("--size", type=int, default=512, help="output side in pixels (multiple of 16)")
-    gen.add_argument("--ref-size", type=int, default=None, help="side the references are resized to")
+                     help="lora.alpha of the training config (only for a bare lora.safetensors without lora.json beside it)")
+    gen.add_argument("--steps", type=positive_int, default=28, help="sampling steps")
+    gen.add_argument("--size", type=image_side, default=512, help="output side in pixels (multiple of 16)")
+    gen.add_argument("--ref-size", type=image_side, default=None,
+                     help="side the references are resized to, a multiple of 16 (default: --size)")
     gen.add_argument("--guidance", type=float, default=2.5, help="guidance scale (guidance-distilled models)")
-    gen.add_argument("--batch-size", type=int, default=4)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--device", default="auto")
-    gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    gen.add_argument("--batch-size", type=positive_int, default=4, help="items per generation call")
+    gen.add_argument("--seed", type=int, default=0, help="base seed; each item derives its own from it and its key")
+    gen.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:1 ...")
+    gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                     help="auto = bfloat16 on GPU, float32 on CPU")
     gen.add_argument("--cpu-threads", type=int, default=None,
                      help="torch threads on the CPU (1 is fastest for tiny models on a busy machine)")
     gen.set_defaults(func=cmd_generate)
@@ -43,8 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score = sub.add_parser("score", help="score results through the reward service; tables and radar plot")
     common(score)
     score.add_argument("--results", required=True, help="results JSON (from `psr bench generate`) or folder")
-    score.add_argument("--server", default=os.environ.get("PSR_SERVER", "http://127.0.0.1:8000"))
-    score.add_argument("--api-key", default=os.environ.get("PSR_API_KEY"), help="or set PSR_API_KEY")
+    add_server_argument(score)
+    add_api_key_refusal(score)
     score.add_argument("--config", default=None, help="YAML: which reward computes each dimension, batching")
     score.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a setting, e.g. rewards.aesthetics=pickscore (repeatable)")
@@ -58,9 +60,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     syn = sub.add_parser("make-synthetic", help="write a tiny synthetic PSRBench set (with results) for trying")
     syn.add_argument("dir", help="output folder")
     syn.add_argument("--items", type=int, default=2, help="items per subset")
+    syn.add_argument("--dataset", action="store_true",
+                     help="write a training dataset instead: DIR/dataset.json with target images and tasks "
+                          "(the format psr datagen writes; SFT, GRPO and psr bench read it)")
     syn.add_argument("--size", type=int, default=64, help="image side")
-    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--seed", type=int, default=0, help="seed of the synthetic images")
     syn.set_defaults(func=cmd_make_synthetic)
+
+
+def positive_int(value: str) -> int:
+    """argparse type: an integer >= 1."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return number
+
+
+def image_side(value: str) -> int:
+    """argparse type: a positive multiple of 16 (the generator's VAE x patch size)."""
+    number = positive_int(value)
+    if number % 16:
+        lower, upper = number // 16 * 16, (number // 16 + 1) * 16
+        closest = f"{lower} or {upper}" if lower else f"{upper}"
+        raise argparse.ArgumentTypeError(f"{value} is not a multiple of 16; use {closest}")
+    return number
 
 
 def _progress(total: int, disable: bool, desc: str):
@@ -125,7 +148,6 @@ def cmd_score(args: argparse.Namespace) -> int:
         wait_for_rewards,
     )
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the progress bar
     config = load_config(BenchConfig, args.config, args.set)
     compare = [load_summary(p) for p in args.compare]  # fail before any scoring if one is unreadable
     items = _load_items(args)
@@ -140,7 +162,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                     "generation": results_meta(args.results)})  # regenerated images (other LoRA...) != old scores
     store = ScoreStore(out / "scores.jsonl")
     label = args.label or results_label(args.results)
-    with RewardClient(args.server, api_key=args.api_key, timeout=args.timeout,
+    with RewardClient(args.server, timeout=args.timeout,
                       image_format=config.image_format, batch_size=config.batch_size) as client:
         try:
             wait_for_rewards(client, config.reward_names(it.subset for it in items), config.ready_timeout_s,
@@ -171,8 +193,12 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
-    from trainer.evaluation.synthetic import make_synthetic_bench
+    from trainer.evaluation.synthetic import make_synthetic_bench, make_synthetic_dataset
 
+    if args.dataset:
+        path = make_synthetic_dataset(args.dir, args.items, args.size, args.seed)
+        print(f"wrote a synthetic training dataset to {path}")
+        return 0
     root = make_synthetic_bench(args.dir, args.items, args.size, args.seed)
     print(f"wrote a synthetic PSRBench set to {root} (results: {root / 'results' / 'results.json'})")
     return 0

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import Field
 
+from shared.client import RetryableError
 from shared.config import ConfigError, StrictModel
 from trainer.evaluation.dataset import BenchItem, load_image, references
 
@@ -172,7 +173,7 @@ def wait_for_rewards(client: Any, names: list[str], timeout: float, connect_time
     while True:
         try:
             hosted = {r["name"]: r for r in client.rewards()}
-        except httpx.TransportError:
+        except (httpx.TransportError, RetryableError):  # not listening yet, or answering 503 while it starts
             if time.monotonic() - start >= connect_timeout:
                 raise
             time.sleep(0.5)

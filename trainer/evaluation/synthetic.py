@@ -1,6 +1,8 @@
-"""A tiny synthetic PSRBench-format set: coloured-shape "subjects", instructions per subset and,
-optionally, "generated" images that paste the subjects onto a background (for tests and the
-README's walk-through; ``psr bench make-synthetic DIR``)."""
+"""Tiny synthetic data in the project's dataset format: coloured-shape "subjects", an instruction per
+PSRBench subset and composites that paste the subjects onto a background. Two layouts:
+``make_synthetic_bench`` (PSRBench subset files, the composites as "generated" results) and
+``make_synthetic_dataset`` (a training dataset, ``dataset.json`` with the composites as targets,
+the format ``psr datagen`` writes). ``psr bench make-synthetic DIR [--dataset]``."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from trainer.dataset import write_json_atomic
+from trainer.dataset import item_entry, write_dataset, write_json_atomic
 from trainer.evaluation.dataset import SUBSETS
 from trainer.evaluation.results import results_document
 
@@ -47,26 +49,52 @@ def composite(refs: list[np.ndarray], size: int, rng: np.random.Generator) -> np
     return img
 
 
+def _write_references(root: Path, size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    refs = {cat: shape_image(cat, size, rng) for cat in CATEGORIES}
+    for cat, img in refs.items():
+        Image.fromarray(img).save(root / "refs" / f"{cat}.png")
+    return refs
+
+
+def _subjects(subset_index: int, subset: str, item: int) -> list[str]:
+    """The categories of one item: 2 subjects, 3 for Three, 4 for Four."""
+    names = list(CATEGORIES)
+    return [names[(subset_index + item + k) % len(names)] for k in range(SUBJECT_COUNT.get(subset, 2))]
+
+
+def make_synthetic_dataset(root: str | Path, items_per_task: int = 2, size: int = 64, seed: int = 0) -> Path:
+    """A training dataset under ``root``: references, one composite target per item, ``dataset.json``
+    (items with ``target_path`` and ``task``). Returns the ``dataset.json`` path."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    refs = _write_references(root, size, rng)
+    entries = []
+    for s_i, subset in enumerate(SUBSETS):
+        for i in range(items_per_task):
+            cats = _subjects(s_i, subset, i)
+            target = f"targets/{subset}/{i:04d}.png"
+            (root / target).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(composite([refs[c] for c in cats], size, rng)).save(root / target)
+            entries.append(item_entry(TEMPLATES[subset].format(*cats), [f"refs/{c}.png" for c in cats], cats,
+                                      target_path=target, task=subset.lower(), source="synthetic"))
+    return write_dataset(root, entries)
+
+
 def make_synthetic_bench(root: str | Path, items_per_subset: int = 2, size: int = 64, seed: int = 0,
                          with_results: bool = True) -> Path:
     """Write the subset JSONs and reference images under ``root`` (and, with ``with_results``,
     ``root/results/results.json`` plus images). Returns ``root``."""
     root = Path(root)
     rng = np.random.default_rng(seed)
-    names = list(CATEGORIES)
-    (root / "refs").mkdir(parents=True, exist_ok=True)
-    for cat in names:
-        Image.fromarray(shape_image(cat, size, rng)).save(root / "refs" / f"{cat}.png")
+    _write_references(root, size, rng)
     from trainer.evaluation.dataset import load_bench
 
     for s_i, subset in enumerate(SUBSETS):
-        n = SUBJECT_COUNT.get(subset, 2)
         items = []
         for i in range(items_per_subset):
-            cats = [names[(s_i + i + k) % len(names)] for k in range(n)]
-            item = {"instruction": TEMPLATES[subset].format(*cats), "input_path": [f"refs/{c}.png" for c in cats]}
-            item.update({f"category{k + 1}": c for k, c in enumerate(cats)})
-            items.append(item)
+            cats = _subjects(s_i, subset, i)
+            items.append(item_entry(TEMPLATES[subset].format(*cats), [f"refs/{c}.png" for c in cats], cats))
         write_json_atomic(root / f"{subset}.json", items)
     if with_results:
         out = root / "results"

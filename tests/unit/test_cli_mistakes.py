@@ -1,0 +1,80 @@
+"""A user's mistake on the command line: one message naming the file, key or option and the fix;
+never a traceback."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from reward_server.serving import free_port
+from shared.cli import main
+from shared.client import HttpTransport, RetryableError
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse errors, or a message for the interpreter to print
+        code = exc.code
+    err = capsys.readouterr().err
+    if isinstance(code, str):
+        code, err = 1, err + code + "\n"
+    assert "Traceback" not in err
+    return code, err
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"mode": "cosin"}, r"rewards\.clip\.options\.mode: Input should be 'cosine', 'clipscore' or 'logit' \(got 'cosin'\)"),
+    ({"mdoe": "cosine"}, r"rewards\.clip\.options\.mdoe: unknown key; valid keys here: mode, tokenizer"),
+])
+def test_a_bad_reward_option_names_the_file_the_reward_and_the_key(tmp_path, capsys, options, expected):
+    config = tmp_path / "rewards.yaml"
+    config.write_text(yaml.safe_dump({"rewards": {"clip": {"type": "clip_t", "model": "m", "options": options}}}))
+    for command in (["serve", "--config", str(config)], ["worker", "--config", str(config), "--redis", "redis://h/0"]):
+        code, err = _run(command, capsys)
+        assert code == 2
+        assert err.count("\n") == 1 and err.split(": ", 1)[1].startswith(f"{config}: "), err
+        assert re.search(expected, err), err
+
+
+def test_an_unknown_reward_type_names_the_file_and_the_key(tmp_path, capsys):
+    config = tmp_path / "rewards.yaml"
+    config.write_text(yaml.safe_dump({"rewards": {"clip": {"type": "clip_tt"}}}))
+    code, err = _run(["serve", "--config", str(config)], capsys)
+    assert code == 2 and f"{config}: rewards.clip.type: unknown reward type 'clip_tt'; known types:" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["score", "x.png", "-r", "clip_t", "--server", "127.0.0.1:8000"],
+    ["bench", "score", "--data", "d", "--results", "r", "--out", "o", "--server", "127.0.0.1:8000"],
+])
+def test_a_server_url_without_a_scheme_says_how_to_write_it(argv, capsys):
+    code, err = _run(argv, capsys)
+    assert code == 2 and "'127.0.0.1:8000' needs a scheme: e.g. http://127.0.0.1:8000" in err
+
+
+@pytest.mark.parametrize("size, hint", [("50", "use 48 or 64"), ("8", "use 16"), ("0", "at least 1")])
+def test_bench_generate_refuses_a_bad_size_before_loading_anything(size, hint, capsys):
+    code, err = _run(["bench", "generate", "--data", "d", "--model", "m", "--out", "o", "--size", size], capsys)
+    assert code == 2 and f"--size: {size}" in err and hint in err
+
+
+def test_a_missing_reference_is_called_a_reference(tmp_path, capsys):
+    from PIL import Image
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(image)
+    code, err = _run(["score", str(image), "-r", "clip_t", "-s", "cat=nope.png"], capsys)
+    assert code == 1 and "cannot read the reference image of subject 'cat' (--subject cat=nope.png)" in err
+
+
+def test_an_unreachable_server_is_named():
+    url = f"http://127.0.0.1:{free_port()}"
+    transport = HttpTransport(url, None, timeout=2)
+    with pytest.raises(RetryableError, match=f"cannot reach the reward service at {url}: .*refused"):
+        transport.score({})
+    with pytest.raises(RetryableError, match=f"at {url}"):
+        transport.get("/v1/rewards")
+    transport.close()
