@@ -18,6 +18,7 @@ oversubscription rather than serving overhead.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -57,7 +58,7 @@ def bare_throughput(config: ServerConfig, name: str, samples: list[Sample]) -> f
 
 
 def service_overhead(config: ServerConfig, name: str, samples: list[Sample], rounds: int = 100) -> tuple[float, float]:
-    """Milliseconds per request: the model alone on its thread, and the whole in-process service."""
+    """Median milliseconds per request: the model alone on its thread, and the whole in-process service."""
     import asyncio
 
     from reward_server.service import LocalBackend, ScoringService
@@ -77,14 +78,15 @@ def service_overhead(config: ServerConfig, name: str, samples: list[Sample], rou
         try:
             for _ in range(5):
                 await service.score(request)
-            start = time.perf_counter()
-            for _ in range(rounds):
+            model, served = [], []
+            for _ in range(rounds):  # alternate, so a change in the machine's load hits both alike
+                start = time.perf_counter()
                 await batcher.run_on_model_thread(rewards[name].score, samples)
-            model = (time.perf_counter() - start) / rounds
-            start = time.perf_counter()
-            for _ in range(rounds):
+                model.append(time.perf_counter() - start)
+                start = time.perf_counter()
                 await service.score(request)
-            return model * 1000, (time.perf_counter() - start) / rounds * 1000
+                served.append(time.perf_counter() - start)
+            return statistics.median(model) * 1000, statistics.median(served) * 1000
         finally:
             await backend.close()
 

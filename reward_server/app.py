@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 
 from reward_server.config import ServerConfig
-from reward_server.http_io import add_body_schema, read_score_request, render
-from reward_server.metrics import PROMETHEUS_CONTENT_TYPE, ServerMetrics
+from reward_server.http_io import read_score_request, render
+from reward_server.limits import PixelBudget, ServerBusy
+from reward_server.metrics import MetricsMiddleware, ServerMetrics
+from reward_server.openapi import PrometheusText, answers, install_schema, msgpack_too, retry_after
 from reward_server.registry import build_rewards, load_rewards
 from reward_server.rewards.base import Reward
-from reward_server.service import Backend, LocalBackend, RewardUnavailable, ScoringService
+from reward_server.service import Backend, LocalBackend, RewardUnavailable, ScoringService, within
 from shared import __version__
 from shared.protocol import InvalidRequest, ScoreRequest, ScoreResponse
 
@@ -69,11 +69,13 @@ def create_app(
     rewards = rewards if rewards is not None else build_rewards(config)
     metrics = metrics or ServerMetrics()
     backend = backend or LocalBackend(rewards, observer_factory=metrics.batch_observer)
+    limits = config.limits
     service = ScoringService(
         rewards,
         backend,
-        limits=config.limits.image_limits(),
-        max_samples_per_request=config.limits.max_samples_per_request,
+        limits=limits.image_limits(),
+        max_samples_per_request=limits.max_samples_per_request,
+        budget=PixelBudget(limits.max_pixels_in_flight, limits.busy_wait_s, limits.retry_after_s),
     )
     state = AppState(config=config, rewards=rewards, service=service, metrics=metrics)
 
@@ -93,29 +95,17 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.psr = state
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        label = getattr(route, "path", "unmatched")
-        metrics.requests.labels(label, str(response.status_code)).inc()
-        metrics.request_latency.labels(label).observe(time.perf_counter() - started)
-        return response
+    @app.exception_handler(ServerBusy)
+    async def _busy(_request: Request, exc: ServerBusy) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers=retry_after(exc.retry_after_s))
 
     @app.post(
         "/v1/score",
         response_model=ScoreResponse,
         summary="Score samples with weighted rewards",
-        responses={
-            400: {"description": "malformed body"},
-            413: {"description": "body too large"},
-            415: {"description": "unsupported content type"},
-            422: {"description": "invalid request (unknown reward, missing input, bad image)"},
-            503: {"description": "a requested reward is not ready"},
-            504: {"description": "scores not ready within the server's request timeout"},
-        },
+        responses={**msgpack_too("the scores"), **answers(400, 401, 413, 415, 422, 429, 503, 504)},
     )
     async def score(request: Request) -> Response:
         """Body: JSON or msgpack ScoreRequest. Answer: ScoreResponse (msgpack if `Accept: application/msgpack`)."""
@@ -123,7 +113,7 @@ def create_app(
         answer = await run_scoring(state, body)
         return render(request, answer)
 
-    @app.get("/v1/rewards", summary="Hosted rewards: inputs, models, versions")
+    @app.get("/v1/rewards", summary="Hosted rewards: inputs, models, versions", responses=answers(401))
     async def list_rewards() -> dict:
         ready = backend.ready()
         return {
@@ -135,7 +125,8 @@ def create_app(
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: 200 once every reward can be computed")
+    @app.get("/readyz", summary="Readiness: 200 once every reward can be computed",
+             responses={503: {"description": "not ready: `rewards` and `error` say what is missing"}})
     async def readyz() -> JSONResponse:
         ready = backend.ready()
         ok = state.load_error is None and all(ready.values())
@@ -145,32 +136,25 @@ def create_app(
             body["workers"] = backend.workers()
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def prometheus() -> Response:
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PrometheusText, responses=answers(401))
+    async def prometheus() -> PrometheusText:
         if isinstance(backend, LocalBackend):
             for name, depth in backend.queued().items():
                 metrics.queue_depth.labels(name).set(depth)
-        return Response(metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+        return PrometheusText(metrics.render())
 
-    def custom_openapi() -> dict:
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            add_body_schema(schema, "/v1/score", ScoreRequest)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = custom_openapi
+    install_schema(app)
     return app
 
 
 async def run_scoring(state: AppState, request: ScoreRequest) -> ScoreResponse:
     """Score with the server's timeout, mapping failures to HTTP errors and recording metrics."""
     try:
-        answer = await asyncio.wait_for(state.service.score(request), state.config.request_timeout_s)
+        answer = await within(state.service.score(request), state.config.request_timeout_s)
     except InvalidRequest as exc:
         raise HTTPException(422, str(exc)) from exc
     except RewardUnavailable as exc:
-        raise HTTPException(503, str(exc)) from exc
+        raise HTTPException(503, str(exc), headers=retry_after(state.config.limits.retry_after_s)) from exc
     except TimeoutError as exc:
         raise HTTPException(504, f"scores not ready within {state.config.request_timeout_s} s") from exc
     for name, column in answer.scores.items():

@@ -1,9 +1,13 @@
 """Dynamic batching: merge requests from many callers into model-sized batches.
 
 The pure pieces (``split_into_chunks``, ``take_batch``, ``score_isolated``) are tested without
-a server; ``DynamicBatcher`` wires them to asyncio: a batch closes when it holds
-``max_batch_size`` samples or its oldest request has waited ``max_wait_ms``. Model work runs
-in one thread per reward, never on the event loop.
+a server; ``DynamicBatcher`` wires them to asyncio. Batching costs nothing when the model is
+idle: a request that finds it idle is scored at once (at the end of the current event-loop
+iteration, so requests that arrived together still share a batch), and what arrives while
+the model is busy forms the next batch, of at most ``max_batch_size`` samples, which starts
+the moment the model frees. No batch is ever held back by a timer: under load the batches
+grow by themselves, and a lone caller never pays a window. Model work runs on one thread per
+reward, never on the event loop.
 """
 
 from __future__ import annotations
@@ -91,19 +95,18 @@ class DynamicBatcher:
         self,
         score: ScoreFn,
         max_batch_size: int,
-        max_wait_ms: float,
         name: str = "reward",
         observer: BatchObserver | None = None,
     ):
         self._score = score
         self.max_batch_size = max_batch_size
-        self.max_wait = max_wait_ms / 1000.0
         self.name = name
         self._observer = observer
         self._queue: deque[Pending] = deque()
-        self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"reward-{name}")
-        self._task: asyncio.Task | None = None
+        self._busy = False  # a batch is on the model thread
+        self._dispatch_scheduled = False
+        self._closed = False
         self._scoring: list[Pending] = []  # the batch on the model thread now (close() releases it)
 
     @property
@@ -121,12 +124,17 @@ class DynamicBatcher:
         """Score ``samples`` (any number), batched with whatever else is waiting."""
         if not samples:
             return []
-        self._ensure_running()
+        if self._closed:
+            raise RuntimeError(f"the batcher of reward {self.name!r} is closed")
         loop = asyncio.get_running_loop()
         pending = [Pending(chunk, loop.create_future()) for chunk in split_into_chunks(samples, self.max_batch_size)]
         self._queue.extend(pending)
-        self._wakeup.set()
+        if not self._busy and not self._dispatch_scheduled:
+            self._dispatch_scheduled = True
+            loop.call_soon(self._dispatch, loop)  # after the requests that arrived with this one
         try:
+            if len(pending) == 1:
+                return await pending[0].future
             parts = await asyncio.gather(*(p.future for p in pending))
         finally:
             for p in pending:  # a caller that gave up frees its place in the queue
@@ -134,53 +142,48 @@ class DynamicBatcher:
                     p.future.cancel()
         return [r for part in parts for r in part]
 
-    def _ensure_running(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Send the next batch to the model thread, if the model is free and anything waits."""
+        self._dispatch_scheduled = False
+        if self._busy or self._closed:
+            return
+        batch = take_batch(self._queue, self.max_batch_size)
+        if not batch:
+            return
+        self._busy = True
+        self._scoring = batch
+        groups = [p.samples for p in batch]
 
-    async def _wait_for_batch(self) -> None:
-        while not self._queue:
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        deadline = self._queue[0].arrived + self.max_wait
-        while self.queued_samples < self.max_batch_size:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                return
-
-    async def _loop(self) -> None:
-        while True:
-            await self._wait_for_batch()
-            batch = take_batch(self._queue, self.max_batch_size)
-            if not batch:
-                continue
-            groups = [p.samples for p in batch]
-            self._scoring = batch
+        def work() -> None:  # on the model thread; hands the outcome back to the loop in one hop
             started = time.monotonic()
             try:
-                results = await self.run_on_model_thread(score_isolated, self._score, groups)
+                outcome: list[list[ScoreResult]] | BaseException = score_isolated(self._score, groups)
             except Exception as exc:  # score_isolated catches model errors; this is a bug guard
                 log.exception("batcher %s crashed", self.name)
-                results = [[ScoreResult.failed(f"internal error: {exc!r}") for _ in g] for g in groups]
-            if self._observer is not None:
-                failed = any(r.score is None for part in results for r in part)
-                self._observer(sum(len(g) for g in groups), time.monotonic() - started, failed)
-            for pending, part in zip(batch, results, strict=True):
-                if not pending.future.done():
-                    pending.future.set_result(part)
-            self._scoring = []
+                outcome = exc
+            seconds = time.monotonic() - started
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+                loop.call_soon_threadsafe(self._finish, loop, batch, outcome, seconds)
+
+        self._executor.submit(work)
+
+    def _finish(self, loop: asyncio.AbstractEventLoop, batch: list[Pending],
+                outcome: list[list[ScoreResult]] | BaseException, seconds: float) -> None:
+        self._busy = False
+        self._scoring = []
+        if isinstance(outcome, BaseException):
+            outcome = [[ScoreResult.failed(f"internal error: {outcome!r}") for _ in p.samples] for p in batch]
+        if self._observer is not None:
+            failed = any(r.score is None for part in outcome for r in part)
+            self._observer(sum(len(p.samples) for p in batch), seconds, failed)
+        for pending, part in zip(batch, outcome, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(part)
+        self._dispatch(loop)  # what arrived meanwhile starts now: the model never idles while work waits
 
     async def close(self) -> None:
-        """Stop the loop and the model thread (pending callers are cancelled)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop scoring and the model thread (pending callers are cancelled)."""
+        self._closed = True
         for p in [*self._queue, *self._scoring]:
             p.future.cancel()
         self._queue.clear()

@@ -21,7 +21,12 @@ class RewardSpec(StrictModel):
     device: str = Field(default="auto", description="'auto' (cuda if available), 'cpu', 'cuda:0', ...")
     dtype: Dtype = Field(default="auto", description="'auto' = bfloat16 on cuda, float32 on cpu")
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="most samples per model call")
-    max_wait_ms: float = Field(default=5.0, ge=0, le=10_000, description="how long a batch waits to fill")
+    max_wait_ms: float = Field(
+        default=5.0, ge=0, le=10_000,
+        description="how long a queue worker waits for more jobs to fill a batch; the embedded server never "
+        "holds a batch back (a request that finds the model idle runs at once, and what arrives while it is "
+        "busy runs as the next batch)",
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="reward-specific options")
 
     def fingerprint(self) -> str:
@@ -36,17 +41,37 @@ class LimitsConfig(StrictModel):
     max_samples_per_request: int = Field(default=1024, ge=1)
     max_image_side: int = Field(default=4096, ge=8)
     max_image_pixels: int = Field(default=4096 * 4096, ge=64)
+    max_image_aspect_ratio: float = Field(
+        default=32.0, ge=1, description="longest side / shortest side of an image (rewards resize the short side)"
+    )
     max_request_pixels: int = Field(
-        default=2**30, ge=64, description="decoded pixels of all images of one request together (3 bytes each)"
+        default=2**28, ge=64, description="decoded pixels of all images of one request together (3 bytes each)"
+    )
+    max_pixels_in_flight: int = Field(
+        default=2**29, ge=64,
+        description="decoded pixels all requests of this process may hold at once (3 bytes each; the default, "
+        "1.6 GB, suits a 16 GB host); a request that does not fit waits busy_wait_s, then gets 503",
+    )
+    busy_wait_s: float = Field(
+        default=2.0, ge=0, description="how long a request waits for max_pixels_in_flight before a 503"
     )
     max_queued_samples_per_caller: int = Field(
         default=0, ge=0, description="samples one API key may have waiting; more is 429 (0: no limit)"
     )
-    retry_after_s: float = Field(default=1.0, gt=0, description="Retry-After sent with a 429")
+    retry_after_s: float = Field(default=1.0, gt=0, description="Retry-After sent with a 429 or 503")
+
+    @model_validator(mode="after")
+    def _request_fits_in_flight(self) -> LimitsConfig:
+        if self.max_request_pixels > self.max_pixels_in_flight:
+            raise ValueError(f"limits.max_request_pixels ({self.max_request_pixels}) must be at most "
+                             f"limits.max_pixels_in_flight ({self.max_pixels_in_flight}), or a request could never "
+                             "be admitted; lower the first or raise the second")
+        return self
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_side=self.max_image_side, max_pixels=self.max_image_pixels,
-                           max_request_pixels=self.max_request_pixels)
+                           max_request_pixels=self.max_request_pixels,
+                           max_aspect_ratio=self.max_image_aspect_ratio)
 
 
 class ServerConfig(StrictModel):

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from reward_server.auth import ApiKeys, AuthMiddleware, load_api_keys
 from reward_server.jobs import MemoryJobStore, RedisJobStore, make_jobs_router
 from reward_server.limits import CallerLimiter, LimitedBackend, QueueFull
+from reward_server.openapi import retry_after
 from reward_server.queue.backend import RedisBackend
 from reward_server.queue.metrics import FrontQueueCollector
 
@@ -42,12 +43,11 @@ def install_front(app: FastAPI, api_keys: dict[str, str] | None = None) -> None:
 
     @app.exception_handler(QueueFull)
     async def _queue_full(_request: Request, exc: QueueFull) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=429,
-                            headers={"Retry-After": str(max(1, round(exc.retry_after_s)))})
+        return JSONResponse({"detail": str(exc)}, status_code=429, headers=retry_after(exc.retry_after_s))
 
     store: Any = RedisJobStore(backend.producer.r) if isinstance(backend, RedisBackend) else MemoryJobStore()
     app.include_router(make_jobs_router(service, store, config.limits.max_body_bytes, config.request_timeout_s,
-                                        config.queue.result_ttl_s))
+                                        config.queue.result_ttl_s, config.limits.retry_after_s))
     if isinstance(backend, RedisBackend):
         inner = app.router.lifespan_context
 

@@ -9,17 +9,41 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from reward_server.auth import CURRENT_CALLER
 from reward_server.http_io import read_score_request, render
-from reward_server.limits import QueueFull
-from reward_server.service import RewardUnavailable, ScoringService
-from shared.protocol import InvalidRequest, ScoreRequest, pack, unpack
+from reward_server.limits import QueueFull, ServerBusy
+from reward_server.openapi import answers, msgpack_too, retry_after
+from reward_server.service import RewardUnavailable, ScoringService, within
+from shared.protocol import InvalidRequest, ScoreRequest, ScoreResponse, pack, unpack
 from shared.queue import messages as q
+
+
+class JobCreated(BaseModel):
+    """Answer to ``POST /v1/jobs``: poll ``GET /v1/jobs/{id}``."""
+
+    id: str
+    status: Literal["pending"]
+
+
+class JobRecord(BaseModel):
+    """State of a job: pending, done with its ``result``, or failed with the ``code`` and ``error``
+    that ``POST /v1/score`` would have answered."""
+
+    id: str
+    status: Literal["pending", "done", "failed"]
+    caller: str
+    created: float = Field(description="unix time")
+    samples: int
+    finished: float | None = Field(default=None, description="unix time")
+    result: ScoreResponse | None = None
+    code: int | None = Field(default=None, description="HTTP status the request would have got")
+    error: str | None = None
 
 
 class JobStore(Protocol):
@@ -65,6 +89,8 @@ def _failure(exc: BaseException, timeout_s: float) -> tuple[int, str]:
         return 422, str(exc)
     if isinstance(exc, QueueFull):
         return 429, str(exc)
+    if isinstance(exc, ServerBusy):
+        return 503, str(exc)
     if isinstance(exc, RewardUnavailable):
         return 503, str(exc)
     if isinstance(exc, TimeoutError):
@@ -73,7 +99,8 @@ def _failure(exc: BaseException, timeout_s: float) -> tuple[int, str]:
 
 
 def make_jobs_router(
-    service: ScoringService, store: JobStore, max_body_bytes: int, timeout_s: float, ttl_s: float = 3600.0
+    service: ScoringService, store: JobStore, max_body_bytes: int, timeout_s: float, ttl_s: float = 3600.0,
+    retry_after_s: float = 1.0,
 ) -> APIRouter:
     """The two job routes, bound to a service and a record store."""
     router = APIRouter(tags=["jobs"])
@@ -81,7 +108,7 @@ def make_jobs_router(
 
     async def _run(job_id: str, request: ScoreRequest, base: dict[str, Any]) -> None:
         try:
-            answer = await asyncio.wait_for(service.score(request), timeout_s)
+            answer = await within(service.score(request), timeout_s)
             record = {**base, "status": "done", "result": answer.model_dump(mode="json")}
         except Exception as exc:
             code, message = _failure(exc, timeout_s)
@@ -89,7 +116,9 @@ def make_jobs_router(
         record["finished"] = time.time()
         await store.put(job_id, record, ttl_s)
 
-    @router.post("/v1/jobs", status_code=202, summary="Queue a score request; poll GET /v1/jobs/{id}")
+    @router.post("/v1/jobs", status_code=202, response_model=JobCreated,
+                 summary="Queue a score request; poll GET /v1/jobs/{id}",
+                 responses=answers(400, 401, 413, 415, 422, 429, 503))
     async def submit(request: Request) -> JSONResponse:
         body = await read_score_request(request, max_body_bytes)
         try:
@@ -97,7 +126,7 @@ def make_jobs_router(
         except InvalidRequest as exc:
             raise HTTPException(422, str(exc)) from exc
         except RewardUnavailable as exc:
-            raise HTTPException(503, str(exc)) from exc
+            raise HTTPException(503, str(exc), headers=retry_after(retry_after_s)) from exc
         limiter = getattr(service.backend, "limiter", None)
         if limiter is not None:  # refuse now (429) rather than fail the job later
             limiter.check(CURRENT_CALLER.get(), len(body.samples))
@@ -109,7 +138,8 @@ def make_jobs_router(
         task.add_done_callback(running.discard)
         return JSONResponse({"id": job_id, "status": "pending"}, status_code=202)
 
-    @router.get("/v1/jobs/{job_id}", summary="State of a queued job; its ScoreResponse once done")
+    @router.get("/v1/jobs/{job_id}", response_model=JobRecord, summary="State of a queued job; its ScoreResponse once done",
+                responses={**msgpack_too("the job's record"), **answers(401, 404)})
     async def poll(job_id: str, request: Request) -> Any:
         record = await store.get(job_id)
         if record is None or record.get("caller") != CURRENT_CALLER.get():  # others' jobs do not exist

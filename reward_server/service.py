@@ -1,23 +1,56 @@
-"""Scoring a request: validate, decode, fan out to rewards, assemble the answer.
+"""Scoring a request: validate, admit, decode, fan out to rewards, assemble the answer.
 
 The service is transport-neutral: the FastAPI app calls it, and so do tests. Where the scores
 are computed is the backend's business -- in this process (``LocalBackend``: one dynamic
 batcher per reward) or on queue workers (the Redis backend).
+
+Where images are decoded: a small request that is alone in the server is decoded on the event
+loop (a thread hop, two wake-ups and a GIL hand-over, costs more than decoding a few small
+images, and nothing else waits for the loop). When other requests are in flight, or the images
+are large, decoding runs on a thread: Pillow releases the GIL while it decodes, so decoding then
+overlaps with the model and with the loop's work on other requests -- 1.5-1.8x the images/s at
+8-32 callers on a 2-core machine, at the same CPU per request (bench/peers.py, issue 12 notes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Coroutine, Mapping
+from typing import Any, Protocol, TypeVar
 
 from reward_server.batching import DynamicBatcher
+from reward_server.limits import RELEASE_AFTER_PIXELS, PixelBudget, release_memory
 from reward_server.registry import load_rewards
 from reward_server.rewards.base import Reward
 from shared.images import ImageLimits
-from shared.protocol import InvalidRequest, Sample, ScoreRequest, ScoreResponse, decode_samples
+from shared.protocol import (
+    InvalidRequest,
+    RawImage,
+    Sample,
+    ScoreRequest,
+    ScoreResponse,
+    decode_samples,
+    image_pixels,
+)
 from shared.scoring import ScoreResult, assemble_response, check_inputs
+
+# A request alone in the server is decoded on the event loop up to these sizes. PNG decodes at
+# ~20-70 ns per pixel on one core (JPEG ~3x faster), so 16K pixels (four 64 px images) take
+# ~0.3-1 ms, about what a thread hop costs on a busy machine. Raw pixels are only copied.
+INLINE_COMPRESSED_PIXELS = 16_384
+INLINE_RAW_PIXELS = 1 << 20
+
+T = TypeVar("T")
+
+
+async def within(coro: Coroutine[Any, Any, T], seconds: float) -> T:
+    """``await coro`` with a timeout (``TimeoutError``), in the caller's task: ``asyncio.wait_for``
+    on Python < 3.12 runs the coroutine as a second task, one more loop iteration per request."""
+    if hasattr(asyncio, "timeout"):  # Python 3.11+
+        async with asyncio.timeout(seconds):
+            return await coro
+    return await asyncio.wait_for(coro, seconds)
 
 
 class RewardUnavailable(RuntimeError):
@@ -51,7 +84,6 @@ class LocalBackend:
             name: DynamicBatcher(
                 reward.score,
                 reward.spec.max_batch_size,
-                reward.spec.max_wait_ms,
                 name=name,
                 observer=observer_factory(name) if observer_factory else None,
             )
@@ -61,6 +93,8 @@ class LocalBackend:
     async def run(
         self, request: ScoreRequest, samples: list[Sample], rewards: list[str]
     ) -> dict[str, list[ScoreResult]]:
+        if len(rewards) == 1:  # the common case, without gather's extra task
+            return {rewards[0]: await self.batchers[rewards[0]].submit(samples)}
         results = await asyncio.gather(*(self.batchers[name].submit(samples) for name in rewards))
         return dict(zip(rewards, results, strict=True))
 
@@ -93,11 +127,16 @@ class ScoringService:
         backend: Backend,
         limits: ImageLimits | None = None,
         max_samples_per_request: int = 1024,
+        budget: PixelBudget | None = None,
     ):
         self.rewards = dict(rewards)
         self.backend = backend
         self.limits = limits or ImageLimits()
         self.max_samples = max_samples_per_request
+        self.budget = budget or PixelBudget(2 * self.limits.max_request_pixels)
+        self.versions = {name: reward.version for name, reward in self.rewards.items()}  # hashes the spec: once
+        self._releasing = False
+        self._in_flight = 0  # requests between admission and answer
 
     def validate(self, request: ScoreRequest) -> list[str]:
         """Check reward names and request size; returns the reward names to compute."""
@@ -116,15 +155,73 @@ class ScoringService:
             raise RewardUnavailable(why or f"rewards {sorted(request.rewards)} are not ready (see /readyz)")
         return list(request.rewards)
 
+    def measure(self, request: ScoreRequest) -> tuple[int, int]:
+        """(compressed, raw) pixels the request's images decode to, from their headers; refuses
+        (422, naming the image) a request over ``max_request_pixels`` before anything is decoded.
+        An unreadable header counts as the largest image allowed (decoding will say what is wrong)."""
+        compressed = raw = 0
+        limit = self.limits.max_request_pixels
+        for i, sample in enumerate(request.samples):
+            images = [(sample.image, f"samples[{i}].image")]
+            images += [(s.reference, f"samples[{i}].subjects[{j}].reference")
+                       for j, s in enumerate(sample.subjects) if s.reference is not None]
+            for image, where in images:
+                pixels = image_pixels(image)
+                if isinstance(image, RawImage):
+                    raw += pixels
+                elif pixels is None:
+                    compressed += self.limits.max_pixels
+                    continue  # not a reason to refuse: the decoder's message will be the better one
+                else:
+                    compressed += pixels
+                if compressed + raw > limit:
+                    raise InvalidRequest(f"{where}: the request's images decode to more than {limit} pixels in "
+                                         "all; send fewer or smaller images per request")
+        return compressed, raw
+
     async def score(self, request: ScoreRequest) -> ScoreResponse:
-        """Validate, decode (off the event loop), compute and assemble."""
+        """Validate, wait for room in the pixel budget, decode, compute and assemble."""
         names = self.validate(request)
-        stop = threading.Event()
+        compressed, raw = self.measure(request)
+        pixels = compressed + raw
         try:
-            samples = await asyncio.to_thread(decode_samples, request, self.limits, stop)
+            async with self.budget.hold(pixels):
+                self._in_flight += 1
+                try:
+                    return await self._decode_and_score(request, names, compressed, raw)
+                finally:
+                    self._in_flight -= 1
         finally:
-            stop.set()  # a caller that timed out or left: its thread stops decoding (and allocating)
+            if pixels >= RELEASE_AFTER_PIXELS:
+                self._release_memory()
+
+    async def _decode_and_score(self, request: ScoreRequest, names: list[str], compressed: int,
+                                raw: int) -> ScoreResponse:
+        alone = self._in_flight == 1
+        if alone and compressed <= INLINE_COMPRESSED_PIXELS and raw <= INLINE_RAW_PIXELS:
+            samples = decode_samples(request, self.limits)
+        else:
+            stop = threading.Event()
+            try:
+                samples = await asyncio.to_thread(decode_samples, request, self.limits, stop)
+            finally:
+                stop.set()  # a caller that timed out or left: its thread stops decoding (and allocating)
         check_inputs({name: self.rewards[name].inputs for name in names}, samples)
-        results = await self.backend.run(request, samples, names) if samples else {n: [] for n in names}
-        versions = {name: reward.version for name, reward in self.rewards.items()}
-        return assemble_response(request.rewards, results, versions, len(samples))
+        results = await self.backend.run(request, samples, names)
+        return assemble_response(request.rewards, results, self.versions, len(samples))
+
+    def _release_memory(self) -> None:
+        """Trim the heap on a thread, one trim at a time, a moment after the answer: by then the
+        model thread has dropped its references to the request's images too."""
+        if self._releasing:
+            return
+        self._releasing = True
+        loop = asyncio.get_running_loop()
+
+        def trim() -> None:
+            try:
+                release_memory()
+            finally:
+                self._releasing = False
+
+        loop.call_later(0.2, lambda: loop.run_in_executor(None, trim))

@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 
 from shared.api_keys import check_key, client_api_key
-from shared.images import ImageFormat, encode_image
+from shared.images import DEFAULT_LIMITS, ImageFormat, compressed_size, encode_image
 from shared.protocol import MSGPACK, pack, unpack
 
 Subjects = Sequence[tuple[str, Any] | dict[str, Any]]
@@ -122,8 +122,11 @@ def build_requests(
     metadata: Sequence[dict[str, Any]] | None = None,
     image_format: ImageFormat = "raw",
     batch_size: int = 256,
+    max_pixels: int = DEFAULT_LIMITS.max_request_pixels,
 ) -> list[dict[str, Any]]:
-    """Encode a batch as msgpack-ready request dicts of at most ``batch_size`` samples each."""
+    """Encode a batch as msgpack-ready request dicts of at most ``batch_size`` samples each, whose
+    images (references included) decode to at most ``max_pixels`` (the server's default
+    ``limits.max_request_pixels``)."""
     n = len(images)
     for name, seq in (("prompts", prompts), ("subjects", subjects), ("metadata", metadata)):
         if seq is not None and len(seq) != n:
@@ -140,8 +143,24 @@ def build_requests(
         if metadata is not None:
             sample["metadata"] = metadata[i]
         samples.append(sample)
-    chunks = [samples[i : i + batch_size] for i in range(0, n, batch_size)]
+    chunks: list[list[dict[str, Any]]] = []
+    pixels = 0
+    for sample in samples:
+        size = _pixels(sample["image"]) + sum(_pixels(s["reference"]) for s in sample.get("subjects", ())
+                                              if s["reference"] is not None)
+        if not chunks or len(chunks[-1]) == batch_size or pixels + size > max_pixels:
+            chunks.append([])
+            pixels = 0
+        chunks[-1].append(sample)
+        pixels += size
     return [{"rewards": dict(rewards), "samples": chunk} for chunk in chunks]
+
+
+def _pixels(image: bytes | dict[str, Any]) -> int:
+    if isinstance(image, dict):
+        return image["shape"][0] * image["shape"][1]
+    size = compressed_size(image)
+    return size[0] * size[1] if size else 0
 
 
 def _raise_for_status(response: httpx.Response) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import struct
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,7 +33,11 @@ class ImageLimits:
     max_pixels: int = 4096 * 4096
     min_side: int = 1
     # PNG compresses a blank 4096x4096 image ~1000x: without a total, a small body decodes to GBs
-    max_request_pixels: int = 2**30
+    max_request_pixels: int = 2**28
+    # Rewards resize the short side to a fixed size (224-800 px): a 4096x1 image would become
+    # hundreds of thousands of pixels wide, and model processors refuse such shapes with messages
+    # about their own internals. Refused here, with a message about the image.
+    max_aspect_ratio: float = 32.0
 
     def check(self, height: int, width: int) -> None:
         if height < self.min_side or width < self.min_side:
@@ -41,6 +46,12 @@ class ImageLimits:
             raise ImageDecodeError(f"image is {width}x{height}; each side must be <= {self.max_side}")
         if height * width > self.max_pixels:
             raise ImageDecodeError(f"image has {height * width} pixels; the limit is {self.max_pixels}")
+        if max(height, width) > self.max_aspect_ratio * min(height, width):
+            raise ImageDecodeError(
+                f"image is {width}x{height}: one side is {max(height, width) / min(height, width):.0f} times the "
+                f"other, more than the limit of {self.max_aspect_ratio:g} (rewards resize the short side to "
+                "a few hundred pixels, so such an image cannot be scored); send the image uncropped"
+            )
 
 
 DEFAULT_LIMITS = ImageLimits()
@@ -55,20 +66,67 @@ def sniff_format(data: bytes) -> ImageFormat:
     raise ImageDecodeError("image bytes are neither PNG nor JPEG (send raw uint8 as {format: raw, shape, data})")
 
 
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return height, width
+
+
+# JPEG start-of-frame markers (baseline, progressive, lossless...): they carry the image size.
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            i += 2
+            continue
+        if marker == 0xDA:  # start of scan: no frame header before it
+            return None
+        length = (data[i + 2] << 8) | data[i + 3]
+        if marker in _JPEG_SOF:
+            if i + 9 > n:
+                return None
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return height, width
+        i += 2 + length
+    return None
+
+
+def compressed_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a PNG or JPEG header without decoding anything; None if unreadable.
+
+    Microseconds: used to budget the decoded pixels of a request before any is decoded."""
+    if data.startswith(PNG_MAGIC):
+        return _png_size(data)
+    if data.startswith(JPEG_MAGIC):
+        return _jpeg_size(data)
+    return None
+
+
 def decode_compressed(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Decode PNG or JPEG bytes into an (H, W, 3) uint8 array."""
-    sniff_format(data)
+    fmt = sniff_format(data)
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=[fmt.upper()]) as img:  # no probing of other formats
             limits.check(img.height, img.width)
             img.draft("RGB", img.size)  # JPEG: decode straight to RGB
-            rgb = img.convert("RGB")
-            rgb.load()
+            img.load()
+            rgb = img if img.mode == "RGB" else img.convert("RGB")  # no copy when already RGB
+            # writable, like raw images (a view of PIL's bytes is read-only: torch warns)
+            return np.frombuffer(bytearray(rgb.tobytes()), np.uint8).reshape(rgb.height, rgb.width, 3)
     except ImageDecodeError:
         raise
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"image could not be decoded: {exc}") from exc
-    return np.array(rgb, dtype=np.uint8)  # writable, like raw images (asarray's view is read-only: torch warns)
 
 
 def decode_raw(data: bytes, shape: tuple[int, ...] | list[int], limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:

@@ -228,7 +228,8 @@ class ThreadWorker:
         rewards = build_rewards(config, only)
         load_rewards(rewards)
         self.client = connect_sync(url)
-        self.worker = Worker(self.client, rewards, config.queue, config.limits.image_limits())
+        self.worker = Worker(self.client, rewards, config.queue, config.limits.image_limits(),
+                             max_pixels_in_flight=config.limits.max_pixels_in_flight)
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
 
     def __enter__(self) -> ThreadWorker:

@@ -65,7 +65,8 @@ def run_worker(args: argparse.Namespace) -> int:
 
         start_http_server(args.metrics_port)
     client = connect_sync(args.redis)
-    worker = Worker(client, rewards, config.queue, config.limits.image_limits())
+    worker = Worker(client, rewards, config.queue, config.limits.image_limits(),
+                    max_pixels_in_flight=config.limits.max_pixels_in_flight)
 
     def _stop(signum: int, _frame: object) -> None:
         log.info("signal %d: finishing the batch in hand, then exiting", signum)

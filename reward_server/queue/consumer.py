@@ -15,15 +15,26 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import redis
 from pydantic import ValidationError
 
 from reward_server.batching import score_isolated
+from reward_server.limits import RELEASE_AFTER_PIXELS, BlockingPixelBudget, release_memory
 from reward_server.queue import metrics as m
 from reward_server.rewards.base import Reward, ScoreResult
 from shared.images import ImageLimits
-from shared.protocol import InvalidRequest, Sample, SampleIn, ScoreRequest, decode_samples, pack, unpack
+from shared.protocol import (
+    InvalidRequest,
+    Sample,
+    SampleIn,
+    ScoreRequest,
+    decode_samples,
+    pack,
+    request_pixels,
+    unpack,
+)
 from shared.queue import messages as q
 
 log = logging.getLogger(__name__)
@@ -68,6 +79,7 @@ class RewardConsumer:
         worker_id: str,
         stop: threading.Event,
         limits: ImageLimits | None = None,
+        budget: BlockingPixelBudget | None = None,
     ):
         self.r = client
         self.reward = reward
@@ -77,6 +89,7 @@ class RewardConsumer:
         self.worker_id = worker_id
         self.stop = stop
         self.limits = limits or ImageLimits()
+        self.budget = budget or BlockingPixelBudget(2 * self.limits.max_request_pixels)
         self.max_batch = reward.spec.max_batch_size
         self.max_wait = reward.spec.max_wait_ms / 1000.0
         self.inflight: set[bytes] = set()  # ids whose lease the heartbeat renews
@@ -277,9 +290,33 @@ class RewardConsumer:
         for d in todo:
             pipe.lrange(q.blob_key(d.job.request), d.job.lo, d.job.hi - 1)
         blobs = pipe.execute()
-        per_job: list[list[ScoreResult | Sample]] = []
-        for d, raw in zip(todo, blobs, strict=True):
-            per_job.append(self._decode(d.job, raw))
+        parsed = [self._wire_samples(d.job, raw) for d, raw in zip(todo, blobs, strict=True)]
+        out = []
+        # Decode and score as many jobs at once as the worker's pixel budget allows (a job alone always fits).
+        for group in self._pixel_groups(list(zip(todo, parsed, strict=True))):
+            pixels = sum(p for _, (_, p) in group)
+            with self.budget.hold(pixels):
+                out.extend(self._score_group([(d, items) for d, (items, _) in group]))
+            if pixels >= RELEASE_AFTER_PIXELS:
+                release_memory()
+        return out
+
+    def _pixel_groups(self, jobs: list[tuple[Delivery, tuple[Any, int]]]) -> list[list[tuple[Delivery, Any]]]:
+        """Consecutive jobs whose decoded pixels fit the budget together."""
+        groups: list[list[tuple[Delivery, Any]]] = []
+        total = 0
+        for job in jobs:
+            pixels = job[1][1]
+            if not groups or total + pixels > self.budget.capacity:
+                groups.append([])
+                total = 0
+            groups[-1].append(job)
+            total += pixels
+        return groups
+
+    def _score_group(self, group: list[tuple[Delivery, list[SampleIn] | list[ScoreResult]]]
+                     ) -> list[tuple[Delivery, q.JobResult, str | None]]:
+        per_job = [self._decode(items) for _, items in group]
         groups = [[s for s in items if isinstance(s, Sample)] for items in per_job]
         started = time.monotonic()
         scored = score_isolated(self.reward.score, groups) if any(groups) else [[] for _ in groups]
@@ -288,22 +325,32 @@ class RewardConsumer:
             m.BATCH_SIZE.labels(self.name).observe(n)
             m.BATCH_SECONDS.labels(self.name).observe(time.monotonic() - started)
         out = []
-        for d, items, results in zip(todo, per_job, scored, strict=True):
+        for (d, _), items, results in zip(group, per_job, scored, strict=True):
             it = iter(results)
             merged = [next(it) if isinstance(s, Sample) else s for s in items]
             out.append((d, self._result(d, merged), None))
         return out
 
-    def _decode(self, job: q.Job, raw: list[bytes]) -> list[ScoreResult | Sample]:
-        """Decoded samples, or a failed result in place of each sample that cannot be scored."""
+    def _wire_samples(self, job: q.Job, raw: list[bytes]) -> tuple[list[SampleIn] | list[ScoreResult], int]:
+        """The job's wire samples and the pixels they decode to, or a failed result per sample."""
         if len(raw) != job.size:
             why = "the request's images are gone from Redis (expired after blob_ttl_s, or Redis lost its data)"
-            return [ScoreResult.failed(why)] * job.size
+            return [ScoreResult.failed(why)] * job.size, 0
         try:
-            request = ScoreRequest(rewards={self.name: 1.0}, samples=[SampleIn.model_validate(unpack(x)) for x in raw])
-            samples = decode_samples(request, self.limits)
+            samples = [SampleIn.model_validate(unpack(x)) for x in raw]
         except (InvalidRequest, ValidationError, ValueError) as exc:
-            return [ScoreResult.failed(f"invalid sample: {exc}")] * job.size
+            return [ScoreResult.failed(f"invalid sample: {exc}")] * job.size, 0
+        request = ScoreRequest(rewards={self.name: 1.0}, samples=samples)
+        return samples, min(request_pixels(request, self.limits), self.budget.capacity)
+
+    def _decode(self, items: list[SampleIn] | list[ScoreResult]) -> list[ScoreResult | Sample]:
+        """Decoded samples, or a failed result in place of each sample that cannot be scored."""
+        if not items or isinstance(items[0], ScoreResult):
+            return list(items)
+        try:
+            samples = decode_samples(ScoreRequest(rewards={self.name: 1.0}, samples=items), self.limits)
+        except (InvalidRequest, ValidationError, ValueError) as exc:
+            return [ScoreResult.failed(f"invalid sample: {exc}")] * len(items)
         out: list[ScoreResult | Sample] = []
         for s in samples:
             why = self.reward.check_sample(s)

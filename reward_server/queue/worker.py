@@ -21,6 +21,7 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
+from reward_server.limits import BlockingPixelBudget
 from reward_server.queue.consumer import REDIS_ERRORS, Backoff, Delivery, RewardConsumer
 from reward_server.rewards.base import Reward
 from shared.images import ImageLimits
@@ -54,14 +55,19 @@ class Worker:
         settings: q.QueueSettings,
         limits: ImageLimits | None = None,
         worker_id: str | None = None,
+        max_pixels_in_flight: int | None = None,
     ):
         self.r = client
         self.settings = settings
         self.worker_id = worker_id or make_worker_id()
         self.stop = threading.Event()
         self._finished = threading.Event()
+        limits = limits or ImageLimits()
+        # one budget for the whole process: its consumers decode at most this many pixels at once
+        budget = BlockingPixelBudget(max_pixels_in_flight or 2 * limits.max_request_pixels)
         self.consumers = [
-            RewardConsumer(client, reward, settings, self.worker_id, self.stop, limits) for reward in rewards.values()
+            RewardConsumer(client, reward, settings, self.worker_id, self.stop, limits, budget)
+            for reward in rewards.values()
         ]
         self.rewards = dict(rewards)
 

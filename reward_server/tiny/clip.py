@@ -54,8 +54,16 @@ def tiny_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return {token: i for i, token in enumerate(tokens)}, merges
 
 
-def write_clip(path: Path, image_size: int = 32, projection_dim: int = 32) -> None:
-    """Save a tiny random ``CLIPModel`` and its tokenizer under ``path``."""
+def write_clip(
+    path: Path,
+    image_size: int = 32,
+    projection_dim: int = 32,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    patch_size: int = 8,
+) -> None:
+    """Save a random ``CLIPModel`` (tiny by default; both towers ``num_layers`` deep, MLP
+    2 x ``hidden_size`` wide) and its offline tokenizer under ``path``."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     vocab, merges = tiny_vocab_and_merges()
@@ -65,10 +73,11 @@ def write_clip(path: Path, image_size: int = 32, projection_dim: int = 32) -> No
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
-    layers = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+    layers = {"hidden_size": hidden_size, "intermediate_size": 2 * hidden_size, "num_hidden_layers": num_layers,
+              "num_attention_heads": max(4, hidden_size // 64)}
     config = CLIPConfig(
         text_config={**layers, "vocab_size": len(vocab), "max_position_embeddings": 77, **special},
-        vision_config={**layers, "image_size": image_size, "patch_size": 8},
+        vision_config={**layers, "image_size": image_size, "patch_size": patch_size},
         projection_dim=projection_dim,
     )
     CLIPModel(config).eval().save_pretrained(path)

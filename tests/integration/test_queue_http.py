@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -109,6 +110,62 @@ def test_http_queue_transport_and_embedded_give_the_same_answers(stack, tmp_path
         assert other.details == via_http.details
     assert np.isnan(via_http.scores["fc"][3]) and via_http.errors[0]["sample"] == 3
     assert via_http.valid().sum() == 8
+
+
+def _nested(depth: int) -> object:
+    value: object = 0
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+def _tricky_bodies() -> list[tuple[str, bytes]]:
+    """Bodies the JSON parser accepts that once went different ways on the embedded and queue routes."""
+    image = {"format": "raw", "shape": [2, 2, 3], "data": "AAAAAAAAAAAAAAAA"}
+
+    def body(metadata: object = None, rewards: object = None, prompt: str = "abc") -> bytes:
+        sample = {"image": image, "prompt": prompt, **({"metadata": metadata} if metadata is not None else {})}
+        return json.dumps({"rewards": rewards or {"bright": 1.0, "fc": 1.0}, "samples": [sample]}).encode()
+
+    return [
+        ("int over 64 bits", body({"id": 2**64})),
+        ("int under -2**63", body({"id": -(2**63) - 1})),
+        ("ints at the 64-bit edges", body({"ids": [2**64 - 1, -(2**63)]})),
+        ("JSON values of every kind", body({"a": [1.5, "x", None, True, {"b": []}], "é": "😀"})),
+        ("deep metadata", body(_nested(40))),
+        ("metadata within the nesting limit", body(_nested(20))),
+        ("huge float", body({"x": 1e308})),
+        ("float overflowing to inf", body({"x": 1}).replace(b'"x": 1', b'"x": 1e400')),
+        ("string weight", body(rewards={"bright": "1"})),
+        ("duplicate reward", body().replace(b'"fc": 1.0', b'"bright": 2.0')),
+        ("unicode prompt", body(prompt="un chien 🐕 " * 50)),
+    ]
+
+
+def test_anything_the_json_parser_accepts_gets_the_same_answer_from_embedded_and_queue_routes(stack):
+    # a metadata integer beyond 64 bits was 200 embedded and 500 through the queue (msgpack overflow),
+    # and /v1/jobs stored it as a 500 job
+    embedded = BackgroundServer(create_app(load_config(ServerConfig, stack.config)))
+    embedded.start()
+    headers = {**_auth(KEY_A), "content-type": "application/json"}
+    try:
+        wait_for(lambda: httpx.get(f"{embedded.url}/readyz").status_code == 200, 30, "embedded server ready")
+        for name, body in _tricky_bodies():
+            there = httpx.post(f"{embedded.url}/v1/score", content=body, headers=headers, timeout=30)
+            here = httpx.post(f"{stack.url}/v1/score", content=body, headers=headers, timeout=30)
+            assert here.status_code == there.status_code < 500, (name, here.text, there.text)
+            if here.status_code == 200:
+                assert here.json()["scores"] == there.json()["scores"], name
+            job = httpx.post(f"{stack.url}/v1/jobs", content=body, headers=headers)
+            if job.status_code == 202:
+                record = wait_for(lambda j=job: (r := httpx.get(f"{stack.url}/v1/jobs/{j.json()['id']}",
+                                                                headers=headers).json())["status"] != "pending" and r,
+                                  10, f"the job of {name}")
+                assert record["status"] == "done" if here.status_code == 200 else record["code"] < 500, (name, record)
+            else:
+                assert job.status_code == here.status_code, (name, job.text)
+    finally:
+        embedded.stop()
 
 
 def test_reward_without_worker_is_503_naming_it(stack):

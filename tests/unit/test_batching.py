@@ -92,7 +92,7 @@ def test_concurrent_submissions_are_merged_up_to_max_batch_size() -> None:
     record = Recorder()
 
     async def main() -> list[list[ScoreResult]]:
-        batcher = DynamicBatcher(record, max_batch_size=4, max_wait_ms=60_000)
+        batcher = DynamicBatcher(record, max_batch_size=4)
         try:
             return await asyncio.gather(*(batcher.submit(samples("x" * (i + 1))) for i in range(8)))
         finally:
@@ -107,7 +107,7 @@ def test_a_large_request_is_split_and_reassembled_in_order() -> None:
     record = Recorder()
 
     async def main() -> list[ScoreResult]:
-        batcher = DynamicBatcher(record, max_batch_size=3, max_wait_ms=0)
+        batcher = DynamicBatcher(record, max_batch_size=3)
         try:
             return await batcher.submit(samples(*("x" * n for n in range(1, 8))))
         finally:
@@ -117,45 +117,54 @@ def test_a_large_request_is_split_and_reassembled_in_order() -> None:
     assert max(len(b) for b in record.batches) == 3
 
 
-def test_a_lone_request_is_scored_after_max_wait_ms() -> None:
+def test_a_request_that_finds_the_model_idle_runs_at_once() -> None:
+    # the batch window (max_wait_ms) used to be paid by every lone caller
     record = Recorder()
 
-    async def main() -> tuple[float, list[ScoreResult]]:
-        batcher = DynamicBatcher(record, max_batch_size=2, max_wait_ms=150)
+    async def main() -> list[ScoreResult]:
+        batcher = DynamicBatcher(record, max_batch_size=32)
         try:
-            started = time.monotonic()
-            result = await batcher.submit(samples("a"))
-            return time.monotonic() - started, result
+            return await asyncio.wait_for(batcher.submit(samples("a")), 5)
         finally:
             await batcher.close()
 
-    waited, result = asyncio.run(main())
-    assert 0.14 <= waited < 5.0 and result[0].score == 1.0
+    assert [r.score for r in asyncio.run(main())] == [1.0]
+    assert record.batches == [["a"]]
 
 
-def test_a_later_request_joins_a_waiting_batch() -> None:
+def test_requests_arriving_while_the_model_is_busy_form_the_next_batch() -> None:
+    entered, release = threading.Event(), threading.Event()
     record = Recorder()
 
+    def blocking(batch: Sequence[Sample]) -> list[ScoreResult]:
+        if batch[0].prompt == "first":
+            entered.set()
+            release.wait(10)
+        return record(batch)
+
     async def main() -> list[list[ScoreResult]]:
-        batcher = DynamicBatcher(record, max_batch_size=2, max_wait_ms=60_000)
+        batcher = DynamicBatcher(blocking, max_batch_size=3)
         try:
-            first = asyncio.ensure_future(batcher.submit(samples("bb")))
-            await wait_until(lambda: batcher.queued_samples == 1)
-            second = await batcher.submit(samples("ccc"))  # fills the batch: no wait for the deadline
-            return [await first, second]
+            first = asyncio.ensure_future(batcher.submit(samples("first")))
+            await asyncio.to_thread(entered.wait, 10)
+            later = [asyncio.ensure_future(batcher.submit(samples("x" * n))) for n in (2, 3, 4, 5)]
+            await wait_until(lambda: batcher.queued_samples == 4)
+            release.set()  # the model frees: the waiting requests go at once, 3 then 1, no window
+            return await asyncio.wait_for(asyncio.gather(first, *later), 5)
         finally:
+            release.set()
             await batcher.close()
 
     results = asyncio.run(main())
-    assert [r[0].score for r in results] == [2.0, 3.0]
-    assert record.batches == [["bb", "ccc"]]
+    assert [r[0].score for r in results] == [5.0, 2.0, 3.0, 4.0, 5.0]
+    assert record.batches == [["first"], ["xx", "xxx", "xxxx"], ["xxxxx"]]
 
 
 def test_failing_request_in_a_merged_batch_fails_only_itself() -> None:
     record = Recorder()
 
     async def main() -> list[list[ScoreResult]]:
-        batcher = DynamicBatcher(record, max_batch_size=8, max_wait_ms=20)
+        batcher = DynamicBatcher(record, max_batch_size=8)
         try:
             return await asyncio.gather(*(batcher.submit(samples(p)) for p in ("a", "bad", "ccc")))
         finally:
@@ -179,7 +188,7 @@ def test_a_cancelled_caller_is_skipped() -> None:
         return [ScoreResult(1.0) for _ in batch]
 
     async def main() -> list[ScoreResult]:
-        batcher = DynamicBatcher(blocking, max_batch_size=1, max_wait_ms=0)
+        batcher = DynamicBatcher(blocking, max_batch_size=1)
         try:
             first = asyncio.ensure_future(batcher.submit(samples("first")))
             await asyncio.to_thread(entered.wait, 10)
@@ -208,7 +217,6 @@ def test_observer_sees_batch_sizes_and_failures() -> None:
         batcher = DynamicBatcher(
             Recorder(),
             max_batch_size=4,
-            max_wait_ms=60_000,
             observer=lambda n, s, failed: seen.append((n, failed)),
         )
         try:
@@ -222,7 +230,7 @@ def test_observer_sees_batch_sizes_and_failures() -> None:
 
 def test_empty_submission_returns_at_once() -> None:
     async def main() -> list[ScoreResult]:
-        batcher = DynamicBatcher(Recorder(), max_batch_size=4, max_wait_ms=60_000)
+        batcher = DynamicBatcher(Recorder(), max_batch_size=4)
         try:
             return await batcher.submit([])
         finally:
@@ -241,7 +249,7 @@ def test_close_releases_callers_whose_batch_is_on_the_model_thread() -> None:
         return [ScoreResult(1.0) for _ in batch]
 
     async def main() -> None:
-        batcher = DynamicBatcher(blocking, max_batch_size=4, max_wait_ms=0)
+        batcher = DynamicBatcher(blocking, max_batch_size=4)
         caller = asyncio.ensure_future(batcher.submit(samples("a", "b")))
         try:
             await asyncio.to_thread(entered.wait, 10)

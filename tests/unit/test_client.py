@@ -111,3 +111,13 @@ def test_async_client_refuses_a_queue_url_at_construction():
 
     with pytest.raises(ValueError, match="HTTP only"):
         AsyncRewardClient("redis://127.0.0.1:6379/0")
+
+
+def test_requests_are_cut_to_the_servers_pixel_limit_as_well_as_the_count():
+    # the server refuses requests whose images decode to more than limits.max_request_pixels
+    images = [np.zeros((10, 10, 3), np.uint8)] * 5
+    subjects = [[("dog", np.zeros((10, 10, 3), np.uint8))]] * 5  # 200 pixels per sample
+    requests = build_requests(images, {"a": 1.0}, subjects=subjects, batch_size=4, max_pixels=450)
+    assert [len(r["samples"]) for r in requests] == [2, 2, 1]
+    png = build_requests(images, {"a": 1.0}, image_format="png", batch_size=10, max_pixels=250)
+    assert [len(r["samples"]) for r in png] == [2, 2, 1]

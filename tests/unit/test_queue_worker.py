@@ -217,3 +217,19 @@ def test_a_dead_workers_job_is_found_behind_many_live_ones(r):
     other = _consumer(r, _reward(), name="other")
     other.claim()
     assert [d.job.id for d in other._retries] == [job.id]
+
+
+def test_a_batch_decodes_no_more_pixels_at_once_than_the_worker_budget(r):
+    # a worker decoded every job of a batch together: memory was bounded per batch, not per process
+    from reward_server.limits import BlockingPixelBudget
+
+    c = RewardConsumer(r, _reward(max_batch=4), SETTINGS, "w1", threading.Event(),
+                       budget=BlockingPixelBudget(2 * 2 * 3))  # two 2x3 images at a time
+    c.ensure_group()
+    calls = []
+    original = c.reward.score
+    c.reward.score = lambda samples: calls.append(len(samples)) or original(samples)
+    _enqueue(r, ["a", "bb", "ccc", "dddd"], chunk=1)  # four one-image jobs: one batch of 4
+    c.step()
+    assert calls == [2, 2] and c.budget.in_use == 0
+    assert sorted(tuple(res.scores) for res in _results(r)) == [(0.1,), (0.2,), (0.3,), (0.4,)]

@@ -168,12 +168,12 @@ def test_a_cancelled_request_stops_decoding_its_images(monkeypatch) -> None:
     from reward_server import service as service_module
 
     calls, finished = [], threading.Event()
-    real_decode, real_samples = protocol.decode_image, service_module.decode_samples
+    real_decode, real_samples = protocol.decode_raw, service_module.decode_samples
 
-    def slow_decode(payload, limits):
+    def slow_decode(*args):
         calls.append(1)
         time.sleep(0.01)  # stands in for decoding a large PNG
-        return real_decode(payload, limits)
+        return real_decode(*args)
 
     def watched(*args):
         try:
@@ -181,8 +181,9 @@ def test_a_cancelled_request_stops_decoding_its_images(monkeypatch) -> None:
         finally:
             finished.set()
 
-    monkeypatch.setattr(protocol, "decode_image", slow_decode)
+    monkeypatch.setattr(protocol, "decode_raw", slow_decode)
     monkeypatch.setattr(service_module, "decode_samples", watched)
+    monkeypatch.setattr(service_module, "INLINE_RAW_PIXELS", 0)  # as if the images were large: on a thread
     rewards = make_rewards()
     request = ScoreRequest(rewards={"brightness": 1.0}, samples=[sample(refs=0)] * 200)
 
@@ -200,3 +201,13 @@ def test_a_cancelled_request_stops_decoding_its_images(monkeypatch) -> None:
     asyncio.run(main())
     assert finished.wait(10)
     assert len(calls) < 100, f"decoded {len(calls)} of 200 images after the caller gave up"
+
+
+def test_an_image_too_thin_to_score_is_refused_saying_so() -> None:
+    # a 4096x1 image made `subject` null with a transformers message about its resize internals
+    for encoding in ("raw", "png"):
+        thin = SampleIn(image=encode_image(np.zeros((1, 4096, 3), np.uint8), encoding), prompt="p")
+        with pytest.raises(InvalidRequest, match=r"samples\[0\]\.image: image is 4096x1: one side is 4096 times"):
+            run(ScoreRequest(rewards={"brightness": 1.0}, samples=[thin]))
+    wide = SampleIn(image=encode_image(np.zeros((64, 1024, 3), np.uint8), "raw"))  # 16:1 is fine
+    assert run(ScoreRequest(rewards={"brightness": 1.0}, samples=[wide])).scores["brightness"] == [0.0]
