@@ -249,6 +249,49 @@ def test_walkthroughs_do_not_share_ports():
             used[port] = block.id
 
 
+def bash_blocks(text: str) -> list[tuple[int, str]]:
+    """Every fenced ```bash block of a README: (line of its first command, its text)."""
+    return [(text[: m.start(1)].count("\n") + 1, m.group(1)) for m in re.finditer(r"^```bash\n(.*?)^```", text, re.M | re.S)]
+
+
+def stop_problems(code: str) -> list[str]:
+    """Why a block would stop the wrong process, or none, when a user runs the README's sections one after
+    another in one shell: a job number (``kill %1``) names whatever that shell started first, so every
+    block stops what it started by the PID it saved (``SERVER=$!`` ... ``kill $SERVER``)."""
+    problems = [f"`{line.strip()}`: a job number depends on what the shell ran before; save `$!` and kill that"
+                for line in code.splitlines() if re.search(r"\bkill\s+%", line)]
+    lines = re.sub(r"\\\n\s*", " ", code).splitlines()
+    for i, line in enumerate(lines):
+        command = line.split(" #", 1)[0].rstrip()
+        if not (command.endswith("&") and not command.endswith("&&")):
+            continue
+        saved = re.match(r"\s*(\w+)=\$!", lines[i + 1]) if i + 1 < len(lines) else None
+        if saved is None:
+            problems.append(f"`{command}`: save its PID on the next line (SERVER=$!) to stop it later")
+        elif not re.search(rf"\bkill\s+(\S+\s+)*\${{?{saved.group(1)}\b", "\n".join(lines[i + 2:])):
+            problems.append(f"`{command}`: the block never runs `kill ${saved.group(1)}`")
+    return problems
+
+
+def test_the_stop_check_sees_job_numbers_and_unsaved_pids():
+    assert stop_problems("psr serve --port 1 &\nSERVER=$!\npsr score x\nkill $SERVER") == []
+    assert stop_problems("psr serve \\\n  --port 1 &   # comment\nSERVER=$!\nkill $SERVER   # stop") == []
+    assert stop_problems("a && b\nkill $OTHER") == []
+    assert len(stop_problems("psr serve --port 1 &\npsr score x\nkill %1")) == 2
+    assert "never runs `kill $SERVER`" in stop_problems("psr serve &\nSERVER=$!\nkill $OTHER")[0]
+
+
+def test_readme_blocks_stop_the_servers_they_start_by_pid():
+    """Each walk-through stops its servers, and by PID: run section after section in one shell (as a user
+    does), `kill %1` stopped an earlier section's server and left the new one running after the shell exited."""
+    text = README.read_text()
+    for block in BLOCKS:
+        assert not stop_problems(block.code), f"README block '{block.id}' (line {block.line}): {stop_problems(block.code)}"
+    for line, code in bash_blocks(text):  # sketches too: no job numbers anywhere
+        jobs = [p for p in stop_problems(code) if "job number" in p]
+        assert not jobs, f"README.md line {line}: {jobs}"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("block", BLOCKS, ids=lambda b: b.id)
 def test_walkthrough_runs_as_written(block: Walkthrough, tmp_path: Path) -> None:
