@@ -8,18 +8,18 @@ import os
 import sys
 from pathlib import Path
 
-from shared.cli_args import add_api_key_refusal, add_server_argument
+from shared.cli_args import add_api_key_refusal, add_server_argument, port_number, positive_int, redis_url
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser("serve", help="run the reward server (FastAPI)")
     serve.add_argument("--config", required=True, help="rewards.yaml (see `psr make-tiny` for an example)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
+    serve.add_argument("--port", type=port_number, default=8000, help="TCP port to listen on")
     serve.add_argument("--rewards", default=None, help="comma list: host only these rewards of the config")
     serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. rewards.clip_t.device=cuda:0 (repeatable)")
-    serve.add_argument("--redis", default=os.environ.get("PSR_REDIS_URL"), metavar="URL",
+    serve.add_argument("--redis", type=redis_url, default=os.environ.get("PSR_REDIS_URL"), metavar="URL",
                        help="score on `psr worker` processes through this Redis (redis:// or rediss://) "
                        "instead of in-process (default: $PSR_REDIS_URL)")
     serve.add_argument("--check", action="store_true",
@@ -48,11 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     demo = subparsers.add_parser("demo", help="the main job on tiny models: no GPU, no Redis, no downloads")
     demo.add_argument("--workdir", default="psr-demo", help="where models, logs and images go")
-    demo.add_argument("--steps", type=int, default=None, help="RL steps (default: the tiny config's; recipe: 3)")
+    demo.add_argument("--steps", type=positive_int, default=None, help="RL steps (default: the tiny config's; recipe: 3)")
     demo.add_argument("--recipe", action="store_true",
                       help="the whole recipe instead: data -> SFT -> GRPO from the SFT LoRA -> export -> PSRBench")
-    demo.add_argument("--sft-steps", type=int, default=20, help="SFT steps of --recipe (default: %(default)s)")
-    demo.add_argument("--items", type=int, default=16,
+    demo.add_argument("--sft-steps", type=positive_int, default=20, help="SFT steps of --recipe (default: %(default)s)")
+    demo.add_argument("--items", type=positive_int, default=16,
                       help="--recipe: items psr datagen makes (default: %(default)s)")
     demo.set_defaults(func=cmd_demo)
 

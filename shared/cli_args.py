@@ -1,4 +1,5 @@
-"""Command-line options every client command takes the same way (``psr score``, ``psr bench score``)."""
+"""Command-line options the ``psr`` commands take the same way, and the argparse types that check
+them at parse time (a wrong value is one line naming the option, before any work starts)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,31 @@ class _RefuseApiKeyOption(argparse.Action):
 def add_api_key_refusal(parser: argparse.ArgumentParser) -> None:
     """Keys never travel on the command line (see ``shared.api_keys``); say where they go instead."""
     parser.add_argument("--api-key", action=_RefuseApiKeyOption, help=argparse.SUPPRESS)
+
+
+def positive_int(value: str) -> int:
+    """argparse type: an integer >= 1 (steps, items, batch sizes)."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return number
+
+
+def port_number(value: str) -> int:
+    """argparse type: a TCP port, 0..65535."""
+    number = int(value)
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port; use a number in 0..65535")
+    return number
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def redis_url(value: str) -> str:
+    """argparse type of ``--redis``: a URL with a Redis scheme."""
+    if value.startswith(REDIS_SCHEMES) and value.split("://", 1)[1]:
+        return value
+    hint = f"redis://{value}" if value and "://" not in value else "redis://127.0.0.1:6379/0"
+    raise argparse.ArgumentTypeError(f"{value!r} needs a scheme: e.g. {hint} (rediss:// for TLS)")
+

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 from collections.abc import Iterator
 
 import torch
+
+from shared.config import ConfigError
+
+
+class DeviceError(ConfigError, RuntimeError):
+    """A device name that is not one, or a GPU this machine lacks: the user's to fix. A ConfigError, so
+    a command that did not check its device first still ends with one line, not a traceback."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -15,13 +23,22 @@ def resolve_device(device: str) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError as exc:
-        raise ValueError(f"device {device!r} is not a device name; use auto, cpu, cuda or cuda:N") from exc
+        raise DeviceError(f"device {device!r} is not a device name; use auto, cpu, cuda or cuda:N") from exc
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} was asked for but CUDA is not available on this machine")
+            raise DeviceError(f"device {device!r} was asked for but CUDA is not available on this machine")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise RuntimeError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+            raise DeviceError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
     return resolved
+
+
+def device_name(value: str) -> str:
+    """argparse type of a ``--device`` option: auto, cpu, or a GPU this machine has."""
+    try:
+        resolve_device(value)
+    except DeviceError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r}: {exc}; use auto, cpu or a GPU this machine has") from None
+    return value
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

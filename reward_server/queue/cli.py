@@ -8,6 +8,8 @@ import os
 import signal
 import sys
 
+from shared.cli_args import port_number, redis_url
+
 log = logging.getLogger(__name__)
 
 
@@ -19,11 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Start as many as you like, on any machine that reaches Redis.",
     )
     p.add_argument("--config", required=True, help="rewards.yaml (the same file the front uses)")
-    p.add_argument("--redis", default=os.environ.get("PSR_REDIS_URL"),
+    p.add_argument("--redis", type=redis_url, default=os.environ.get("PSR_REDIS_URL"),
                    help="redis://[:password@]host:port/db, or rediss:// for TLS (default: $PSR_REDIS_URL)")
     p.add_argument("--rewards", default="", help="comma-separated reward names to host (default: all)")
     p.add_argument("--device", default=None, help="override every hosted reward's device, e.g. cuda:0")
-    p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0: off)")
+    p.add_argument("--metrics-port", type=port_number, default=0, help="serve Prometheus metrics on this port (0: off)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set queue.max_attempts=2")
     p.add_argument("--check", action="store_true",

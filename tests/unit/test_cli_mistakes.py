@@ -78,3 +78,47 @@ def test_an_unreachable_server_is_named():
     with pytest.raises(RetryableError, match=f"at {url}"):
         transport.get("/v1/rewards")
     transport.close()
+
+
+@pytest.mark.parametrize("argv", [
+    ["worker", "--config", "rewards.yaml", "--redis", "127.0.0.1:6379/0"],
+    ["serve", "--config", "rewards.yaml", "--redis", "127.0.0.1:6379/0"],
+])
+def test_a_redis_url_without_a_scheme_says_how_to_write_it(argv, capsys):
+    code, err = _run(argv, capsys)
+    assert code == 2 and "--redis: '127.0.0.1:6379/0' needs a scheme: e.g. redis://127.0.0.1:6379/0" in err, err
+
+
+@pytest.mark.parametrize("device, reason", [("cuda:99", "cuda:99"), ("gpu0", "not a device name")])
+def test_bench_generate_refuses_a_missing_or_misspelt_device_before_loading_anything(device, reason, capsys):
+    code, err = _run(["bench", "generate", "--data", "d", "--model", "m", "--out", "o", "--device", device], capsys)
+    assert code == 2 and f"--device: {device!r}" in err and reason in err and "use auto, cpu" in err, err
+
+
+def test_a_device_a_command_did_not_check_is_still_one_line(capsys, monkeypatch):
+    """Whatever path reaches resolve_device with a GPU the machine lacks ends as one line, not a traceback."""
+    import shared.cli
+    from reward_server.models.device import resolve_device
+
+    def func(_args):
+        resolve_device("cuda:99")
+
+    parser = shared.cli.build_parser()
+    monkeypatch.setattr(shared.cli, "build_parser", lambda: parser)
+    next(p for p in shared.cli.all_parsers(parser) if p.prog == "psr make-tiny").set_defaults(func=func)
+    code, err = _run(["make-tiny", "d"], capsys)
+    assert code == 2 and "psr make-tiny: device 'cuda:99'" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv, option, hint", [
+    (["demo", "--steps", "-1"], "--steps", "at least 1"),
+    (["demo", "--recipe", "--items", "0"], "--items", "at least 1"),
+    (["demo", "--recipe", "--sft-steps", "0"], "--sft-steps", "at least 1"),
+    (["bench", "make-synthetic", "d", "--items", "0"], "--items", "at least 1"),
+    (["serve", "--config", "r.yaml", "--port", "99999"], "--port", "0..65535"),
+    (["worker", "--config", "r.yaml", "--redis", "redis://h/0", "--metrics-port", "70000"], "--metrics-port", "0..65535"),
+])
+def test_counts_and_ports_out_of_range_are_refused_before_any_work(argv, option, hint, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # were one accepted, the work it starts stays in here
+    code, err = _run(argv, capsys)
+    assert code == 2 and f"argument {option}:" in err and hint in err, err

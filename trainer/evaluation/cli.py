@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from shared.cli_args import add_api_key_refusal, add_server_argument
+from shared.cli_args import add_api_key_refusal, add_server_argument, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--guidance", type=float, default=2.5, help="guidance scale (guidance-distilled models)")
     gen.add_argument("--batch-size", type=positive_int, default=4, help="items per generation call")
     gen.add_argument("--seed", type=int, default=0, help="base seed; each item derives its own from it and its key")
-    gen.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:1 ...")
+    gen.add_argument("--device", type=_device, default="auto", help="auto (cuda if available), cpu, cuda:1 ...")
     gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                      help="auto = bfloat16 on GPU, float32 on CPU")
     gen.add_argument("--cpu-threads", type=int, default=None,
@@ -59,18 +59,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     syn = sub.add_parser("make-synthetic", help="write a tiny synthetic PSRBench set (with results) for trying")
     syn.add_argument("dir", help="output folder")
-    syn.add_argument("--items", type=int, default=2, help="items per subset")
+    syn.add_argument("--items", type=positive_int, default=2, help="items per subset")
     syn.add_argument("--size", type=int, default=64, help="image side")
     syn.add_argument("--seed", type=int, default=0, help="seed of the synthetic images")
     syn.set_defaults(func=cmd_make_synthetic)
 
 
-def positive_int(value: str) -> int:
-    """argparse type: an integer >= 1."""
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return number
+def _device(value: str) -> str:
+    """argparse type of ``--device`` (torch is imported only when the option is given)."""
+    from reward_server.models.device import device_name
+
+    return device_name(value)
 
 
 def image_side(value: str) -> int:
