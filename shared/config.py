@@ -63,10 +63,21 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML {yaml_problem(exc)}; check the indentation and quoting there") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's several-line report as one phrase: ``at line 4, column 4: expected <block end>, ...``."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark is not None and context_mark.line != getattr(mark, "line", None):
+        problem += f" ({context} that starts at line {context_mark.line + 1})"
+    return f"{where}: {problem}" if where else f": {problem}"
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -87,7 +98,12 @@ def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
         if "=" not in pair:
             raise ConfigError(f"override {pair!r} must look like key.sub=value")
         key, raw = pair.split("=", 1)
-        out.append((key.strip(), yaml.safe_load(raw)))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key.strip()}: {raw!r} is not valid YAML {yaml_problem(exc)}; fix it, or quote "
+                              "the whole value to give a string (--set 'key=\"text\"')") from None
+        out.append((key.strip(), value))
     return out
 
 

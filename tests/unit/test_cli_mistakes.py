@@ -4,6 +4,7 @@ never a traceback."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -122,3 +123,18 @@ def test_counts_and_ports_out_of_range_are_refused_before_any_work(argv, option,
     monkeypatch.chdir(tmp_path)  # were one accepted, the work it starts stays in here
     code, err = _run(argv, capsys)
     assert code == 2 and f"argument {option}:" in err and hint in err, err
+
+
+def test_a_yaml_syntax_error_is_one_line_naming_the_file_and_line(tmp_path, capsys):
+    config = tmp_path / "rewards.yaml"
+    config.write_text("rewards:\n  clip_t:\n    type: clip_t\n   model: x\n")  # one space short
+    code, err = _run(["serve", "--config", str(config)], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{config}: not valid YAML at line 4, column 4: expected <block end>" in err and "unicode string" not in err, err
+
+
+def test_a_set_value_that_is_not_yaml_names_the_key(capsys):
+    config = Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml"
+    code, err = _run(["train", "--config", str(config), "--set", "data.prompts=[oops"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--set data.prompts: '[oops' is not valid YAML" in err and "quote" in err, err
