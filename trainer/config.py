@@ -136,6 +136,10 @@ class RewardsConfig(StrictModel):
     ready_timeout_s: float = Field(
         default=600.0, ge=0, description="how long to wait at start-up for the server to load the rewards"
     )
+    connect_timeout_s: float = Field(
+        default=60.0, ge=0, description="how long to retry a server that does not answer at all (one started just "
+        "before may not listen yet); then stop and say so"
+    )
     max_retries: int = Field(default=3, ge=0, description="retries on 408/429/5xx")
     image_format: Literal["raw", "jpeg", "png"] = Field(
         default="raw", description="image encoding on the wire"

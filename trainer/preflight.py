@@ -7,6 +7,7 @@ start at the current folder.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 from shared.config import ConfigError, load_config
 from shared.paths import MissingPathError, check_model_ref, resolve_path
 from trainer.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 PLACEHOLDER = "REPLACE_WITH"
 SOLID = "solid:"  # an inline reference that is a plain colour, not a file
@@ -101,17 +104,27 @@ def check_hosted_rewards(client: Any, cfg: TrainConfig) -> None:
 
     if not callable(getattr(client, "rewards", None)):
         return
-    deadline = time.monotonic() + cfg.rewards.ready_timeout_s
+    start = time.monotonic()
+    unreachable_since: float | None = None
     while True:
         try:
             hosted = {r["name"] for r in client.rewards()}
             break
         except RetryableError as exc:  # not listening yet (`psr serve ... &` just before), or 5xx: wait
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if exc.status is None:  # no answer at all: a server still starting, or none
+                if unreachable_since is None:
+                    unreachable_since = now
+                    log.warning("%s; waiting up to rewards.connect_timeout_s = %g s for the reward service at %s to "
+                                "start", exc, cfg.rewards.connect_timeout_s, cfg.rewards.url)
+                waited, limit = now - unreachable_since, ("rewards.connect_timeout_s", cfg.rewards.connect_timeout_s)
+            else:
+                unreachable_since = None
+                waited, limit = now - start, ("rewards.ready_timeout_s", cfg.rewards.ready_timeout_s)
+            if waited > limit[1]:
                 raise RewardRequestRefused(
                     f"cannot list the rewards of the reward service at {cfg.rewards.url}: {exc} (waited "
-                    f"rewards.ready_timeout_s = {cfg.rewards.ready_timeout_s:g} s); start it (psr serve --config ...) "
-                    "or fix rewards.url") from exc
+                    f"{limit[0]} = {limit[1]:g} s); start it (psr serve --config ...) or fix rewards.url") from exc
             time.sleep(0.5)
         except Exception as exc:
             raise RewardRequestRefused(

@@ -83,7 +83,7 @@ class Trainer:
         self.rank = self.acc.process_index
         self.out = Path(cfg.run.output_dir)
         self.hash = config_hash(
-            cfg.model_dump(exclude={"run": {"steps", "output_dir"}, "rewards": {"url", "api_key", "ready_timeout_s"}})
+            cfg.model_dump(exclude={"run": {"steps", "output_dir"}, "rewards": {"url", "api_key", "ready_timeout_s", "connect_timeout_s"}})
         )
         self.monitor = Monitor(self.out / "tensorboard" if self.acc.is_main_process else None)
         self.start_step = 0

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.config import ConfigError
 from trainer.checkpoint import checkpoint_step, find_latest
 from trainer.config import TrainConfig
 from trainer.mixing import ReferenceMix
@@ -124,8 +125,11 @@ def run_training(
     """Train as configured (``algorithm``: grpo or sft); returns the summary (metric per step, TensorBoard
     dir, sample grid PNG, checkpoint). Raises ``RunFinished`` when resuming a finished run and
     ``TrainingInterrupted`` after saving on SIGINT/SIGTERM."""
-    if resume:  # a finished run says so before any model loads or the server is asked
+    if resume:  # a finished run or a wrong path says so before any model loads or the server is asked
         path = find_latest(Path(config.run.output_dir)) if str(resume) == "latest" else Path(resume)
+        if path is not None and not path.is_dir():
+            raise ConfigError(f"--resume {resume}: no such checkpoint folder; give one of "
+                              f"{Path(config.run.output_dir) / 'checkpoints'}/step-N, or --resume alone for the newest")
         if path is not None and (path / "trainer_state.json").is_file() and checkpoint_step(path) >= config.run.steps:
             raise RunFinished(checkpoint_step(path), config.run.steps, path)
     if config.algorithm == "sft":

@@ -3,6 +3,7 @@ at once in one line (file, key, fix), placeholders refused, and the pre-flight r
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,35 @@ def test_trainer_checks_the_server_before_loading_the_generator(monkeypatch):
     cfg = load_config(TrainConfig, TINY_CPU, ["model.path=x", "rewards.url=http://h:1"])
     with pytest.raises(RewardRequestRefused, match="brightness"):
         train.FlowGRPOTrainer(cfg, _Lister(["judge"]))
+
+
+class _Down:
+    """A reward service nobody started: every call is a connection error."""
+
+    def rewards(self):
+        from shared.client import RetryableError
+
+        raise RetryableError("cannot reach the reward service at http://h:1: [Errno 111] Connection refused")
+
+
+def test_a_server_that_never_answers_is_reported_after_connect_timeout_not_ready_timeout(caplog):
+    """psr train against a server nobody started waited rewards.ready_timeout_s (600 s) without a word."""
+    cfg = load_config(TrainConfig, TINY_CPU, ["model.path=x", "rewards.url=http://h:1", "rewards.connect_timeout_s=0.2"])
+    assert cfg.rewards.ready_timeout_s == 600
+    started = time.monotonic()
+    with caplog.at_level("WARNING", logger="trainer"), pytest.raises(
+            RewardRequestRefused, match=r"http://h:1.*Connection refused.*rewards\.connect_timeout_s = 0\.2 s.*psr serve"):
+        check_hosted_rewards(_Down(), cfg)
+    assert time.monotonic() - started < 5
+    assert "waiting up to rewards.connect_timeout_s = 0.2 s for the reward service at http://h:1" in caplog.text
+
+
+def test_a_missing_resume_checkpoint_is_reported_before_the_server_is_asked(tmp_path):
+    import trainer.train as train
+
+    cfg = load_config(TrainConfig, TINY_CPU, ["model.path=x", "rewards.url=http://h:1"])
+    with pytest.raises(ConfigError, match=r"--resume .*nockpt: no such checkpoint folder"):
+        train.run_training(cfg, _Down(), resume=tmp_path / "nockpt")
 
 
 def test_missing_generator_folder_is_reported_as_missing():
