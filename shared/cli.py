@@ -7,6 +7,7 @@ Subcommand modules import their heavy dependencies inside the command functions,
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 from collections.abc import Iterator
@@ -53,6 +54,11 @@ def all_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentPa
                 yield from all_parsers(sub)
 
 
+def _one_line_error(parser: argparse.ArgumentParser, message: str) -> None:
+    """argparse's ``error`` without the usage block above it: the option, what is wrong, where help is."""
+    parser.exit(2, f"{parser.prog}: {message} (see {parser.prog} --help)\n")
+
+
 def _log_level(value: str) -> str:
     if value.upper() not in LEVELS:
         raise argparse.ArgumentTypeError(f"use one of {', '.join(LEVELS)}")
@@ -75,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(subparsers)
     for sub in all_parsers(parser):
         sub.formatter_class = HelpFormatter
+        sub.error = functools.partial(_one_line_error, sub)  # type: ignore[method-assign]
+        sub.set_defaults(command_name=sub.prog)  # the deepest subcommand's wins: "psr bench score"
         # before or after the subcommand; the top level sets the default, subcommands only override it
         sub.add_argument(
             "--log-level", type=_log_level, metavar="LEVEL",
@@ -95,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:  # a user's mistake: say what is wrong, no traceback
-        print(f"psr {args.command}: {exc}", file=sys.stderr)
+        print(f"{args.command_name}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

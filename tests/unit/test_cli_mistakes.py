@@ -54,12 +54,20 @@ def test_an_unknown_reward_type_names_the_file_and_the_key(tmp_path, capsys):
 def test_a_server_url_without_a_scheme_says_how_to_write_it(argv, capsys):
     code, err = _run(argv, capsys)
     assert code == 2 and "'127.0.0.1:8000' needs a scheme: e.g. http://127.0.0.1:8000" in err
+    prog = "psr bench score" if argv[0] == "bench" else "psr score"
+    assert err.count("\n") == 1 and "usage:" not in err and f"(see {prog} --help)" in err, err
 
 
 @pytest.mark.parametrize("size, hint", [("50", "use 48 or 64"), ("8", "use 16"), ("0", "at least 1")])
 def test_bench_generate_refuses_a_bad_size_before_loading_anything(size, hint, capsys):
     code, err = _run(["bench", "generate", "--data", "d", "--model", "m", "--out", "o", "--size", size], capsys)
     assert code == 2 and f"--size: {size}" in err and hint in err
+    assert err.startswith("psr bench generate: argument --size") and err.count("\n") == 1, err
+
+
+def test_a_config_mistake_names_the_whole_subcommand(capsys):
+    code, err = _run(["bench", "score", "--data", "no-such-folder", "--results", "r", "--out", "o"], capsys)
+    assert code == 2 and err.startswith("psr bench score: "), err
 
 
 def test_a_missing_reference_is_called_a_reference(tmp_path, capsys):
