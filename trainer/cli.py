@@ -61,6 +61,8 @@ def _train(args: argparse.Namespace) -> int:
     try:
         cfg = resolve_paths(load_config(TrainConfig, args.config, args.overrides))
         check_train_config(cfg, args.rewards_config)
+        if not args.check and not args.resume:
+            _refuse_to_overwrite(Path(cfg.run.output_dir))
     except ConfigError as exc:
         print(f"psr train: {exc}", file=sys.stderr)
         return 2
@@ -97,6 +99,17 @@ def _train(args: argparse.Namespace) -> int:
         print(f"step {step}: {summary['headline']} {value:.4f}")
     print(json.dumps({k: summary[k] for k in ("tensorboard_dir", "sample_grid", "checkpoint")}))
     return 0
+
+
+def _refuse_to_overwrite(output_dir: Path) -> None:
+    """A new run into a folder with checkpoints would start at step 1 and overwrite them one by one."""
+    from shared.config import ConfigError
+    from trainer.checkpoint import find_latest
+
+    latest = find_latest(output_dir)
+    if latest is not None:
+        raise ConfigError(f"run.output_dir {output_dir} already holds checkpoints up to {latest.name}: --resume continues "
+                          "that run; to start over, set another run.output_dir (or delete that folder)")
 
 
 def _command(args: argparse.Namespace, extra: list[str]) -> str:
