@@ -45,7 +45,10 @@ class DatasetError(ConfigError):
         self.problems = list(problems)
         shown = "\n".join(f"  - {p}" for p in self.problems[:50])
         more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
-        super().__init__(f"{what} has {len(self.problems)} problem(s):\n{shown}{more}")
+        if len(self.problems) == 1:  # each problem names its file, item and field: one line says it all
+            super().__init__(self.problems[0])
+        else:
+            super().__init__(f"{what} has {len(self.problems)} problems:\n{shown}{more}")
 
 
 @dataclass

@@ -37,7 +37,7 @@ def device_name(value: str) -> str:
     try:
         resolve_device(value)
     except DeviceError as exc:
-        raise argparse.ArgumentTypeError(f"{value!r}: {exc}; use auto, cpu or a GPU this machine has") from None
+        raise argparse.ArgumentTypeError(f"{exc}; use auto, cpu or a GPU this machine has") from None
     return value
 
 

@@ -68,6 +68,7 @@ def test_bench_generate_refuses_a_bad_size_before_loading_anything(size, hint, c
 def test_a_config_mistake_names_the_whole_subcommand(capsys):
     code, err = _run(["bench", "score", "--data", "no-such-folder", "--results", "r", "--out", "o"], capsys)
     assert code == 2 and err.startswith("psr bench score: "), err
+    assert err == "psr bench score: no-such-folder: the benchmark folder does not exist\n", err
 
 
 def test_a_missing_reference_is_called_a_reference(tmp_path, capsys):
@@ -101,7 +102,7 @@ def test_a_redis_url_without_a_scheme_says_how_to_write_it(argv, capsys):
 @pytest.mark.parametrize("device, reason", [("cuda:99", "cuda:99"), ("gpu0", "not a device name")])
 def test_bench_generate_refuses_a_missing_or_misspelt_device_before_loading_anything(device, reason, capsys):
     code, err = _run(["bench", "generate", "--data", "d", "--model", "m", "--out", "o", "--device", device], capsys)
-    assert code == 2 and f"--device: {device!r}" in err and reason in err and "use auto, cpu" in err, err
+    assert code == 2 and f"--device: device {device!r}" in err and reason in err and "use auto, cpu" in err, err
 
 
 def test_a_device_a_command_did_not_check_is_still_one_line(capsys, monkeypatch):
