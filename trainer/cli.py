@@ -54,7 +54,7 @@ def _train(args: argparse.Namespace) -> int:
     from trainer.config import TrainConfig
     from trainer.grpo import RequiredRewardFailed
     from trainer.preflight import check_train_config, resolve_paths
-    from trainer.run import RunFinished, TrainingInterrupted
+    from trainer.run import RunExists, RunFinished, TrainingInterrupted
     from trainer.scoring import RewardRequestRefused
     from trainer.train import run_training
 
@@ -84,6 +84,9 @@ def _train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as exc:
         print(f"psr train: {exc}\nresume with: {_command(args, ['--resume'])}", file=sys.stderr)
         return 130 if exc.signal_name == "SIGINT" else 143
+    except RunExists as exc:
+        print(f"psr train: {exc}\ncontinue it with: {_command(args, ['--resume'])}", file=sys.stderr)
+        return 2
     except RunFinished as exc:
         more = f"run.steps={2 * exc.total}"
         print(f"psr train: {exc}\nto train longer: {_command(args, ['--set', more, '--resume'])}")

@@ -79,6 +79,11 @@ def test_psr_train_prints_how_to_resume_or_extend(generator, tmp_path, capsys, m
     assert "the run is finished: 1 of run.steps = 1 steps are done" in out
     assert "to train longer: psr train --config" in out and "--set run.steps=2 --resume" in out
     assert "run.steps=1" not in out.split("to train longer:")[1]
+    # a new run (no --resume) into a folder holding a run is refused before the server is asked
+    assert psr([*args[:-1], "--set", "rewards.ready_timeout_s=0"]) == 2
+    err = capsys.readouterr().err
+    assert f"run.output_dir {tmp_path} already holds a run (newest checkpoint step-000001)" in err
+    assert "continue it with: psr train --config" in err and err.rstrip().endswith("--resume")
 
     def interrupted(*a, **k):
         raise TrainingInterrupted("SIGINT", 3, 8, tmp_path / "checkpoints" / "step-000003")
