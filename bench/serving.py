@@ -7,6 +7,9 @@
    concurrent clients.
 2. batching gain: many concurrent single-image callers against a reward with a fixed cost per
    model call, with ``max_batch_size`` 32 vs 1.
+3. regrouping: 8 closed-loop single-image callers against a reward whose model call costs 50 ms
+   whatever the batch size (a GPU below saturation), ``max_wait_ms`` 10 vs 0 (no regroup wait:
+   the callers split into two half batches for good).
 
     python -m bench.serving [--reward dino_i] [--images 256] [--clients 8] [--threads 1]
 
@@ -155,6 +158,18 @@ def main() -> None:
         print(f"[2] fixed 10 ms per model call, 32 concurrent single-image callers: "
               f"max_batch_size=1 {results[1]:.1f} img/s, =32 {results[32]:.1f} img/s")
         print(f"    batching gain = {results[32] / results[1]:.2f}x")
+
+        regroup = {}
+        for wait_ms in (0, 10):
+            cfg = Path(tmp) / f"regroup{wait_ms}.yaml"
+            cfg.write_text(yaml.safe_dump({"rewards": {"cost": {
+                "type": "fixed_cost", "max_batch_size": 32, "max_wait_ms": wait_ms,
+                "options": {"seconds_per_batch": 0.05}}}}))
+            with server_process(cfg) as url:
+                regroup[wait_ms] = served_throughput(url, "cost", make_samples(192, 16), clients=8, per_request=1)
+        print(f"[3] fixed 50 ms per model call, 8 closed-loop single-image callers: "
+              f"max_wait_ms=0 {regroup[0]:.1f} img/s, =10 {regroup[10]:.1f} img/s")
+        print(f"    regroup gain = {regroup[10] / regroup[0]:.2f}x")
 
 
 if __name__ == "__main__":
