@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import time
 from collections import deque
@@ -11,7 +12,14 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from reward_server.batching import DynamicBatcher, Pending, score_isolated, split_into_chunks, take_batch
+from reward_server.batching import (
+    DynamicBatcher,
+    Pending,
+    regroup_plan,
+    score_isolated,
+    split_into_chunks,
+    take_batch,
+)
 from reward_server.rewards.base import ScoreResult
 from shared.protocol import Sample
 
@@ -262,3 +270,99 @@ def test_close_releases_callers_whose_batch_is_on_the_model_thread() -> None:
             release.set()
 
     asyncio.run(main())
+
+
+# ------------------------------------------------------------------------------ regrouping
+
+
+def test_regroup_plan_is_the_readme_rule() -> None:
+    # README "Batching and memory": wait until as many samples wait as the batch just finished plus
+    # those already waiting (at most max_batch_size), for at most max_wait_ms and a quarter of the
+    # model time of that batch; no wait when enough wait already
+    assert inspect.signature(DynamicBatcher).parameters["regroup_share"].default == 0.25
+    assert regroup_plan(3, 4, 0.2, 32, 0.010, 0.25) == (0.010, 7)  # max_wait_ms binds
+    assert regroup_plan(3, 4, 0.02, 32, 0.010, 0.25) == (0.005, 7)  # a quarter of 20 ms binds
+    assert regroup_plan(30, 4, 0.2, 32, 0.010, 0.25) == (0.010, 32)  # a full batch ends it
+    assert regroup_plan(32, 4, 0.2, 32, 0.010, 0.25) == (0.0, 32)  # already full: no wait
+    assert regroup_plan(0, 1, 0.2, 32, 0.0, 0.25) == (0.0, 1)  # max_wait_ms 0: never
+
+
+class SlowRecorder(Recorder):
+    """A Recorder whose every model call takes ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def __call__(self, batch: Sequence[Sample]) -> list[ScoreResult]:
+        time.sleep(self.seconds)
+        return super().__call__(batch)
+
+
+async def closed_loop(batcher: DynamicBatcher, callers: int, requests: int, think_s: float) -> None:
+    """``callers`` each send ``requests`` one-sample requests, each after its answer plus a
+    think time that differs per caller (as answers and new requests spread over an HTTP server)."""
+
+    async def caller(i: int) -> None:
+        for _ in range(requests):
+            await asyncio.sleep(think_s * i / callers)
+            await batcher.submit(samples("x"))
+
+    await asyncio.wait_for(asyncio.gather(*(caller(i) for i in range(callers))), 30)
+
+
+@pytest.mark.parametrize("regroup_ms", [0.0, 50.0])
+def test_callers_returning_after_their_answer_regroup_into_full_batches(regroup_ms: float) -> None:
+    # without the regroup wait, 8 closed-loop callers split for good into a batch of the first
+    # caller back and one of the others: the model works on small batches at half efficiency
+    model = SlowRecorder(0.03)
+
+    async def main() -> None:
+        batcher = DynamicBatcher(model, max_batch_size=32, regroup_ms=regroup_ms, regroup_share=1.0)
+        try:
+            await closed_loop(batcher, callers=8, requests=6, think_s=0.004)
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
+    later = [len(b) for b in model.batches[2:-1]]  # past the staggered start, before the end
+    if regroup_ms:
+        assert later and all(n == 8 for n in later), later
+    else:
+        assert later and max(later) < 8, later  # the split this wait exists to undo
+
+
+def test_a_lone_caller_never_waits_for_a_regroup() -> None:
+    # the wait ends when as many samples wait as the batch just finished had: a lone caller's own
+    # next request ends it at once, however long regroup_ms is
+    model = SlowRecorder(0.005)
+
+    async def main() -> float:
+        batcher = DynamicBatcher(model, max_batch_size=32, regroup_ms=5_000, regroup_share=1.0)
+        try:
+            started = time.monotonic()
+            await closed_loop(batcher, callers=1, requests=20, think_s=0.0)
+            return time.monotonic() - started
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(main()) < 2.5  # 20 x 5 ms of model; a regroup wait would cost 20 x 5 s
+
+
+def test_the_regroup_wait_is_bounded_by_the_model_time() -> None:
+    # two callers answered together, only one comes back: it waits for the other at most
+    # regroup_share of the last batch's model time, not regroup_ms
+    model = SlowRecorder(0.02)
+
+    async def main() -> float:
+        batcher = DynamicBatcher(model, max_batch_size=32, regroup_ms=5_000, regroup_share=1.0)
+        try:
+            await asyncio.gather(batcher.submit(samples("a")), batcher.submit(samples("b")))
+            started = time.monotonic()
+            await asyncio.wait_for(batcher.submit(samples("c")), 10)
+            return time.monotonic() - started
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(main()) < 2.5
+    assert [len(b) for b in model.batches] == [2, 1]
