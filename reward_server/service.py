@@ -183,7 +183,9 @@ class ScoringService:
         """Validate, wait for room in the pixel budget, decode, compute and assemble."""
         names = self.validate(request)
         compressed, raw = self.measure(request)
-        pixels = compressed + raw
+        # Decoding stops at max_request_pixels, so a request never holds more, whatever its unreadable
+        # headers were charged: without the cap, many of them would wait for room that never comes (503).
+        pixels = min(compressed + raw, self.limits.max_request_pixels)
         try:
             async with self.budget.hold(pixels):
                 self._in_flight += 1

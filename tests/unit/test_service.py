@@ -16,7 +16,7 @@ from reward_server.rewards import Reward, ScoreResult
 from reward_server.rewards.base import REFERENCES
 from reward_server.rewards.synthetic import BrightnessReward, FixedCostReward
 from reward_server.service import LocalBackend, RewardUnavailable, ScoringService, assemble_response
-from shared.images import encode_image
+from shared.images import ImageLimits, encode_image
 from shared.protocol import InvalidRequest, SampleIn, ScoreRequest, ScoreResponse, SubjectIn
 
 IMAGE = np.full((4, 4, 3), 51, np.uint8)  # brightness 0.2
@@ -211,3 +211,14 @@ def test_an_image_too_thin_to_score_is_refused_saying_so() -> None:
             run(ScoreRequest(rewards={"brightness": 1.0}, samples=[thin]))
     wide = SampleIn(image=encode_image(np.zeros((64, 1024, 3), np.uint8), "raw"))  # 16:1 is fine
     assert run(ScoreRequest(rewards={"brightness": 1.0}, samples=[wide])).scores["brightness"] == [0.0]
+
+
+def test_many_images_whose_size_cannot_be_read_get_the_decoders_422_not_a_503() -> None:
+    # an unreadable header is charged as the largest image allowed: 33 of them (default limits) asked the
+    # pixel budget for more than it can ever hold, so the request waited busy_wait_s and got 503 +
+    # Retry-After (which clients retry) instead of the 422 that says what is wrong with the image
+    from reward_server.limits import PixelBudget
+
+    request = ScoreRequest(rewards={"brightness": 1.0}, samples=[SampleIn(image=b"GIF89a not a PNG")] * 40)
+    with pytest.raises(InvalidRequest, match=r"samples\[0\]\.image: image bytes are neither PNG nor JPEG"):
+        run(request, budget=PixelBudget(2 * ImageLimits().max_request_pixels, wait_s=0.05))
