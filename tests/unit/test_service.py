@@ -222,3 +222,53 @@ def test_many_images_whose_size_cannot_be_read_get_the_decoders_422_not_a_503() 
     request = ScoreRequest(rewards={"brightness": 1.0}, samples=[SampleIn(image=b"GIF89a not a PNG")] * 40)
     with pytest.raises(InvalidRequest, match=r"samples\[0\]\.image: image bytes are neither PNG nor JPEG"):
         run(request, budget=PixelBudget(2 * ImageLimits().max_request_pixels, wait_s=0.05))
+
+
+def test_a_queue_front_holds_no_pixels_while_the_workers_score() -> None:
+    # the front kept each request's decoded images, and their share of limits.max_pixels_in_flight, until
+    # the workers answered (they decode their own copy): a few requests waiting on busy workers filled the
+    # budget, and the next one got 503 although the front held nothing it needed
+    from reward_server.limits import PixelBudget
+    from reward_server.queue.backend import RedisBackend
+
+    assert RedisBackend.remote and not LocalBackend.remote
+    rewards = make_rewards()
+
+    class Workers:
+        remote = True
+
+        def __init__(self) -> None:
+            self.given: list[int] = []  # decoded samples handed to each run
+            self.go = asyncio.Event()
+
+        def ready(self) -> dict[str, bool]:
+            return dict.fromkeys(rewards, True)
+
+        def unavailable(self, names: list[str]) -> None:
+            return None
+
+        async def run(self, request, samples, names):
+            self.given.append(len(samples))
+            await self.go.wait()
+            return {name: [ScoreResult(1.0)] * len(request.samples) for name in names}
+
+        async def close(self) -> None:
+            pass
+
+    request = ScoreRequest(rewards={"brightness": 1.0}, samples=[sample(refs=0)])  # one 4x4 image
+
+    async def main() -> tuple[list[ScoreResponse], int]:
+        workers = Workers()
+        service = ScoringService(rewards, workers, budget=PixelBudget(16, wait_s=0.05))
+        calls = [asyncio.ensure_future(service.score(request)) for _ in range(3)]
+        deadline = time.monotonic() + 5
+        while len(workers.given) < 3 and not any(c.done() for c in calls) and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        in_use = service.budget.in_use
+        workers.go.set()
+        assert workers.given == [0, 0, 0]
+        return await asyncio.gather(*calls), in_use
+
+    answers, in_use = asyncio.run(main())
+    assert in_use == 0
+    assert [a.scores["brightness"] for a in answers] == [[1.0]] * 3
