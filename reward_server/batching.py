@@ -32,7 +32,7 @@ ScoreFn = Callable[[Sequence[Sample]], list[ScoreResult]]
 BatchObserver = Callable[[int, float, bool], None]  # (batch size, seconds, failed)
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a caller that gives up removes its own chunks from the queue
 class Pending:
     """A chunk of one request waiting for a batch."""
 
@@ -137,9 +137,12 @@ class DynamicBatcher:
                 return await pending[0].future
             parts = await asyncio.gather(*(p.future for p in pending))
         finally:
-            for p in pending:  # a caller that gave up frees its place in the queue
+            for p in pending:  # a caller that gave up leaves the queue now: its images are freed with it
                 if not p.future.done():
                     p.future.cancel()
+                if p.future.cancelled():  # (cancelling the caller's task cancels the future it awaits)
+                    with contextlib.suppress(ValueError):  # already taken for a batch
+                        self._queue.remove(p)
         return [r for part in parts for r in part]
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 
@@ -262,3 +264,38 @@ def test_close_releases_callers_whose_batch_is_on_the_model_thread() -> None:
             release.set()
 
     asyncio.run(main())
+
+
+def test_a_caller_that_gives_up_leaves_the_queue_at_once() -> None:
+    # its chunk (and the decoded images in it) stayed queued until the model freed, though the pixel
+    # budget had already let those pixels go: with the model stuck, timed-out requests piled up in memory
+    entered, release = threading.Event(), threading.Event()
+
+    def blocking(batch: Sequence[Sample]) -> list[ScoreResult]:
+        entered.set()
+        release.wait(10)
+        return [ScoreResult(1.0) for _ in batch]
+
+    async def main() -> bool:
+        batcher = DynamicBatcher(blocking, max_batch_size=1)
+        try:
+            first = asyncio.ensure_future(batcher.submit(samples("first")))
+            await asyncio.to_thread(entered.wait, 10)
+            image = np.zeros((8, 8, 3), np.uint8)
+            alive = weakref.ref(image)
+            gone = asyncio.ensure_future(batcher.submit([Sample(image=image, prompt="gone")]))
+            await wait_until(lambda: batcher.queued_samples == 1)
+            del image
+            gone.cancel()
+            await asyncio.wait([gone])
+            del gone
+            gc.collect()
+            freed = alive() is None
+            release.set()
+            await first
+            return freed
+        finally:
+            release.set()
+            await batcher.close()
+
+    assert asyncio.run(main()), "the cancelled caller's image is still referenced by the batcher"
