@@ -161,8 +161,8 @@ class DynamicBatcher:
             started = time.monotonic()
             try:
                 outcome: list[list[ScoreResult]] | BaseException = score_isolated(self._score, groups)
-            except Exception as exc:  # score_isolated catches model errors; this is a bug guard
-                log.exception("batcher %s crashed", self.name)
+            except BaseException as exc:  # score_isolated catches model errors; SystemExit & co. must not
+                log.exception("batcher %s crashed", self.name)  # leave the batcher busy for ever
                 outcome = exc
             seconds = time.monotonic() - started
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
@@ -176,13 +176,16 @@ class DynamicBatcher:
         self._scoring = []
         if isinstance(outcome, BaseException):
             outcome = [[ScoreResult.failed(f"internal error: {outcome!r}") for _ in p.samples] for p in batch]
-        if self._observer is not None:
-            failed = any(r.score is None for part in outcome for r in part)
-            self._observer(sum(len(p.samples) for p in batch), seconds, failed)
         for pending, part in zip(batch, outcome, strict=True):
             if not pending.future.done():
                 pending.future.set_result(part)
         self._dispatch(loop)  # what arrived meanwhile starts now: the model never idles while work waits
+        if self._observer is not None:
+            failed = any(r.score is None for part in outcome for r in part)
+            try:
+                self._observer(sum(len(p.samples) for p in batch), seconds, failed)
+            except Exception:  # metrics must not stall scoring
+                log.exception("batch observer of %s failed", self.name)
 
     async def close(self) -> None:
         """Stop scoring and the model thread (pending callers are cancelled)."""

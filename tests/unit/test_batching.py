@@ -299,3 +299,31 @@ def test_a_caller_that_gives_up_leaves_the_queue_at_once() -> None:
             await batcher.close()
 
     assert asyncio.run(main()), "the cancelled caller's image is still referenced by the batcher"
+
+
+def test_whatever_the_model_thread_raises_the_callers_get_an_answer_and_the_next_batch_runs() -> None:
+    # SystemExit from a model (score_isolated catches Exception only) and an observer that raised both
+    # left the callers waiting until their timeout and the batcher busy
+    calls: list[str] = []
+
+    def exits_on_first(batch: Sequence[Sample]) -> list[ScoreResult]:
+        calls.append(batch[0].prompt)
+        if batch[0].prompt == "exit":
+            raise SystemExit(3)
+        return [ScoreResult(1.0) for _ in batch]
+
+    def broken_observer(n: int, seconds: float, failed: bool) -> None:
+        raise RuntimeError("metrics broke")
+
+    async def main() -> tuple[list[ScoreResult], list[ScoreResult]]:
+        batcher = DynamicBatcher(exits_on_first, max_batch_size=4, observer=broken_observer)
+        try:
+            first = await asyncio.wait_for(batcher.submit(samples("exit")), 5)
+            second = await asyncio.wait_for(batcher.submit(samples("next")), 5)
+            return first, second
+        finally:
+            await batcher.close()
+
+    first, second = asyncio.run(main())
+    assert first[0].score is None and "SystemExit" in first[0].error
+    assert [r.score for r in second] == [1.0] and calls == ["exit", "next"]
