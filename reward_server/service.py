@@ -32,6 +32,7 @@ from shared.protocol import (
     ScoreResponse,
     decode_samples,
     image_pixels,
+    request_images,
 )
 from shared.scoring import ScoreResult, assemble_response, check_inputs
 
@@ -168,22 +169,18 @@ class ScoringService:
         An unreadable header counts as the largest image allowed (decoding will say what is wrong)."""
         compressed = raw = 0
         limit = self.limits.max_request_pixels
-        for i, sample in enumerate(request.samples):
-            images = [(sample.image, f"samples[{i}].image")]
-            images += [(s.reference, f"samples[{i}].subjects[{j}].reference")
-                       for j, s in enumerate(sample.subjects) if s.reference is not None]
-            for image, where in images:
-                pixels = image_pixels(image)
-                if isinstance(image, RawImage):
-                    raw += pixels
-                elif pixels is None:
-                    compressed += self.limits.max_pixels
-                    continue  # not a reason to refuse: the decoder's message will be the better one
-                else:
-                    compressed += pixels
-                if compressed + raw > limit:
-                    raise InvalidRequest(f"{where}: the request's images decode to more than {limit} pixels in "
-                                         "all; send fewer or smaller images per request")
+        for image, where in request_images(request):
+            pixels = image_pixels(image)
+            if isinstance(image, RawImage):
+                raw += pixels
+            elif pixels is None:
+                compressed += self.limits.max_pixels
+                continue  # not a reason to refuse: the decoder's message will be the better one
+            else:
+                compressed += pixels
+            if compressed + raw > limit:
+                raise InvalidRequest(f"{where}: the request's images decode to more than {limit} pixels in "
+                                     "all; send fewer or smaller images per request")
         return compressed, raw
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
