@@ -120,18 +120,28 @@ def test_a_large_request_is_split_and_reassembled_in_order() -> None:
 
 
 def test_a_request_that_finds_the_model_idle_runs_at_once() -> None:
-    # the batch window (max_wait_ms) used to be paid by every lone caller
+    # the batch window (max_wait_ms) used to be paid by every lone caller: no timer may stand between a
+    # request and an idle model (asyncio.sleep, wait_for and asyncio.timeout all schedule with call_at)
     record = Recorder()
+    timers: list[object] = []
 
     async def main() -> list[ScoreResult]:
+        loop = asyncio.get_running_loop()
+        real_call_at = loop.call_at
+
+        def call_at(when, callback, *args, **kwargs):
+            timers.append(callback)
+            return real_call_at(when, callback, *args, **kwargs)
+
+        loop.call_at = call_at  # type: ignore[method-assign]
         batcher = DynamicBatcher(record, max_batch_size=32)
         try:
-            return await asyncio.wait_for(batcher.submit(samples("a")), 5)
+            return await batcher.submit(samples("a"))
         finally:
             await batcher.close()
 
     assert [r.score for r in asyncio.run(main())] == [1.0]
-    assert record.batches == [["a"]]
+    assert record.batches == [["a"]] and timers == []
 
 
 def test_requests_arriving_while_the_model_is_busy_form_the_next_batch() -> None:
