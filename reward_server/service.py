@@ -94,6 +94,7 @@ class LocalBackend:
                 reward.spec.max_batch_size,
                 name=name,
                 observer=observer_factory(name) if observer_factory else None,
+                regroup_ms=reward.spec.max_wait_ms,
             )
             for name, reward in self.rewards.items()
         }
