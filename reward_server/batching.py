@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from reward_server.rewards.base import ScoreResult
@@ -44,7 +44,6 @@ class Pending:
 
     samples: list[Sample]
     future: asyncio.Future
-    arrived: float = field(default_factory=time.monotonic)
 
 
 def split_into_chunks(samples: Sequence[Sample], max_batch_size: int) -> list[list[Sample]]:
