@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from reward_server.rewards.base import ScoreResult
@@ -38,13 +38,12 @@ ScoreFn = Callable[[Sequence[Sample]], list[ScoreResult]]
 BatchObserver = Callable[[int, float, bool], None]  # (batch size, seconds, failed)
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a caller that gives up removes its own chunks from the queue
 class Pending:
     """A chunk of one request waiting for a batch."""
 
     samples: list[Sample]
     future: asyncio.Future
-    arrived: float = field(default_factory=time.monotonic)
 
 
 def split_into_chunks(samples: Sequence[Sample], max_batch_size: int) -> list[list[Sample]]:
@@ -162,9 +161,12 @@ class DynamicBatcher:
                 return await pending[0].future
             parts = await asyncio.gather(*(p.future for p in pending))
         finally:
-            for p in pending:  # a caller that gave up frees its place in the queue
+            for p in pending:  # a caller that gave up leaves the queue now: its images are freed with it
                 if not p.future.done():
                     p.future.cancel()
+                if p.future.cancelled():  # (cancelling the caller's task cancels the future it awaits)
+                    with contextlib.suppress(ValueError):  # already taken for a batch
+                        self._queue.remove(p)
         return [r for part in parts for r in part]
 
     def _schedule_dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -189,8 +191,8 @@ class DynamicBatcher:
             started = time.monotonic()
             try:
                 outcome: list[list[ScoreResult]] | BaseException = score_isolated(self._score, groups)
-            except Exception as exc:  # score_isolated catches model errors; this is a bug guard
-                log.exception("batcher %s crashed", self.name)
+            except BaseException as exc:  # score_isolated catches model errors; SystemExit & co. must not
+                log.exception("batcher %s crashed", self.name)  # leave the batcher busy for ever
                 outcome = exc
             seconds = time.monotonic() - started
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
@@ -204,9 +206,6 @@ class DynamicBatcher:
         self._scoring = []
         if isinstance(outcome, BaseException):
             outcome = [[ScoreResult.failed(f"internal error: {outcome!r}") for _ in p.samples] for p in batch]
-        if self._observer is not None:
-            failed = any(r.score is None for part in outcome for r in part)
-            self._observer(sum(len(p.samples) for p in batch), seconds, failed)
         for pending, part in zip(batch, outcome, strict=True):
             if not pending.future.done():
                 pending.future.set_result(part)
@@ -218,6 +217,12 @@ class DynamicBatcher:
             self._regroup = loop.call_later(wait, self._dispatch, loop)
         else:
             self._dispatch(loop)
+        if self._observer is not None:
+            failed = any(r.score is None for part in outcome for r in part)
+            try:
+                self._observer(finished, seconds, failed)
+            except Exception:  # metrics must not stall scoring
+                log.exception("batch observer of %s failed", self.name)
 
     async def close(self) -> None:
         """Stop scoring and the model thread (pending callers are cancelled)."""

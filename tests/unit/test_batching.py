@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 
@@ -126,18 +128,36 @@ def test_a_large_request_is_split_and_reassembled_in_order() -> None:
 
 
 def test_a_request_that_finds_the_model_idle_runs_at_once() -> None:
-    # the batch window (max_wait_ms) used to be paid by every lone caller
-    record = Recorder()
+    # the batch window (max_wait_ms) used to be paid by every lone caller: no timer may fire between a
+    # request and an idle model (asyncio.sleep, wait_for and asyncio.timeout all schedule with call_at),
+    # not even with a long regroup wait, which a lone caller's next request ends
+    fired: list[object] = []
+    seen_at_model: list[int] = []  # timers fired before each model call
 
-    async def main() -> list[ScoreResult]:
-        batcher = DynamicBatcher(record, max_batch_size=32)
+    def score(batch: Sequence[Sample]) -> list[ScoreResult]:
+        seen_at_model.append(len(fired))
+        return [ScoreResult(1.0) for _ in batch]
+
+    async def main() -> list[list[ScoreResult]]:
+        loop = asyncio.get_running_loop()
+        real_call_at = loop.call_at
+
+        def call_at(when, callback, *args, **kwargs):
+            def noted(*a):
+                fired.append(callback)
+                return callback(*a)
+
+            return real_call_at(when, noted, *args, **kwargs)
+
+        loop.call_at = call_at  # type: ignore[method-assign]
+        batcher = DynamicBatcher(score, max_batch_size=32, regroup_ms=60_000)
         try:
-            return await asyncio.wait_for(batcher.submit(samples("a")), 5)
+            return [await batcher.submit(samples("a")), await batcher.submit(samples("b"))]
         finally:
             await batcher.close()
 
-    assert [r.score for r in asyncio.run(main())] == [1.0]
-    assert record.batches == [["a"]]
+    assert [[r.score for r in part] for part in asyncio.run(main())] == [[1.0], [1.0]]
+    assert seen_at_model == [0, 0]
 
 
 def test_requests_arriving_while_the_model_is_busy_form_the_next_batch() -> None:
@@ -270,6 +290,69 @@ def test_close_releases_callers_whose_batch_is_on_the_model_thread() -> None:
             release.set()
 
     asyncio.run(main())
+
+
+def test_a_caller_that_gives_up_leaves_the_queue_at_once() -> None:
+    # its chunk (and the decoded images in it) stayed queued until the model freed, though the pixel
+    # budget had already let those pixels go: with the model stuck, timed-out requests piled up in memory
+    entered, release = threading.Event(), threading.Event()
+
+    def blocking(batch: Sequence[Sample]) -> list[ScoreResult]:
+        entered.set()
+        release.wait(10)
+        return [ScoreResult(1.0) for _ in batch]
+
+    async def main() -> bool:
+        batcher = DynamicBatcher(blocking, max_batch_size=1)
+        try:
+            first = asyncio.ensure_future(batcher.submit(samples("first")))
+            await asyncio.to_thread(entered.wait, 10)
+            image = np.zeros((8, 8, 3), np.uint8)
+            alive = weakref.ref(image)
+            gone = asyncio.ensure_future(batcher.submit([Sample(image=image, prompt="gone")]))
+            await wait_until(lambda: batcher.queued_samples == 1)
+            del image
+            gone.cancel()
+            await asyncio.wait([gone])
+            del gone
+            gc.collect()
+            freed = alive() is None
+            release.set()
+            await first
+            return freed
+        finally:
+            release.set()
+            await batcher.close()
+
+    assert asyncio.run(main()), "the cancelled caller's image is still referenced by the batcher"
+
+
+def test_whatever_the_model_thread_raises_the_callers_get_an_answer_and_the_next_batch_runs() -> None:
+    # SystemExit from a model (score_isolated catches Exception only) and an observer that raised both
+    # left the callers waiting until their timeout and the batcher busy
+    calls: list[str] = []
+
+    def exits_on_first(batch: Sequence[Sample]) -> list[ScoreResult]:
+        calls.append(batch[0].prompt)
+        if batch[0].prompt == "exit":
+            raise SystemExit(3)
+        return [ScoreResult(1.0) for _ in batch]
+
+    def broken_observer(n: int, seconds: float, failed: bool) -> None:
+        raise RuntimeError("metrics broke")
+
+    async def main() -> tuple[list[ScoreResult], list[ScoreResult]]:
+        batcher = DynamicBatcher(exits_on_first, max_batch_size=4, observer=broken_observer)
+        try:
+            first = await asyncio.wait_for(batcher.submit(samples("exit")), 5)
+            second = await asyncio.wait_for(batcher.submit(samples("next")), 5)
+            return first, second
+        finally:
+            await batcher.close()
+
+    first, second = asyncio.run(main())
+    assert first[0].score is None and "SystemExit" in first[0].error
+    assert [r.score for r in second] == [1.0] and calls == ["exit", "next"]
 
 
 # ------------------------------------------------------------------------------ regrouping
