@@ -23,9 +23,9 @@ class RewardSpec(StrictModel):
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="most samples per model call")
     max_wait_ms: float = Field(
         default=5.0, ge=0, le=10_000,
-        description="how long a queue worker waits for more jobs to fill a batch; the embedded server never "
-        "holds a batch back (a request that finds the model idle runs at once, and what arrives while it is "
-        "busy runs as the next batch)",
+        description="most a batch waits for more samples: a queue worker for more jobs; the embedded server "
+        "only when the model frees under load, for the callers it just answered (at most a quarter of that "
+        "batch's model time; a request that finds the model idle runs at once; 0: never)",
     )
     options: dict[str, Any] = Field(default_factory=dict, description="reward-specific options")
 

@@ -79,12 +79,12 @@ class LimitedBackend:
         self.limiter = limiter
 
     async def run(self, request: ScoreRequest, samples: list[Sample], rewards: list[str]) -> dict[str, list[ScoreResult]]:
-        caller = CURRENT_CALLER.get()
-        self.limiter.reserve(caller, len(samples))
+        caller, n = CURRENT_CALLER.get(), len(request.samples)  # a remote backend gets no decoded samples
+        self.limiter.reserve(caller, n)
         try:
             return await self.inner.run(request, samples, rewards)
         finally:
-            self.limiter.release(caller, len(samples))
+            self.limiter.release(caller, n)
 
     def ready(self) -> dict[str, bool]:
         return self.inner.ready()

@@ -1,6 +1,6 @@
 """What ``/openapi.json`` says beyond FastAPI's defaults, so a client generated from it can call
 every route: both wire forms of the bodies, every error answer with its schema and Retry-After
-header, and the media type of non-JSON answers."""
+header, the media type of non-JSON answers, and which routes take the bearer API key."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from reward_server.auth import PUBLIC_PATHS
 from reward_server.metrics import PROMETHEUS_CONTENT_TYPE
 from shared.protocol import JSON, MSGPACK, ScoreRequest
 
@@ -38,6 +39,13 @@ _ERRORS = {
     503: "a requested reward is not ready (model loading, no live worker), or the server already holds "
          "limits.max_pixels_in_flight decoded pixels",
     504: "scores not ready within the server's request_timeout_s",
+}
+
+
+BEARER = "apiKey"
+_BEARER_SCHEME = {
+    "type": "http", "scheme": "bearer",
+    "description": "an API key (the key of a `name:key` entry of PSR_API_KEYS); required when the server has keys",
 }
 
 
@@ -87,11 +95,14 @@ def install_schema(app: FastAPI) -> None:
     def schema() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            doc.setdefault("components", {}).setdefault("schemas", {})[ErrorAnswer.__name__] = (
-                ErrorAnswer.model_json_schema())
+            components = doc.setdefault("components", {})
+            components.setdefault("schemas", {})[ErrorAnswer.__name__] = ErrorAnswer.model_json_schema()
+            components["securitySchemes"] = {BEARER: _BEARER_SCHEME}
             for path, operations in doc["paths"].items():
                 if "post" in operations and path in ("/v1/score", "/v1/jobs"):
                     add_body_schema(doc, path, ScoreRequest)
+                for operation in operations.values():  # so generated clients send the key (and know where not to)
+                    operation["security"] = [] if path in PUBLIC_PATHS else [{BEARER: []}]
             app.openapi_schema = doc
         return app.openapi_schema
 

@@ -32,6 +32,7 @@ from shared.protocol import (
     ScoreResponse,
     decode_samples,
     image_pixels,
+    request_images,
 )
 from shared.scoring import ScoreResult, assemble_response, check_inputs
 
@@ -58,7 +59,12 @@ class RewardUnavailable(RuntimeError):
 
 
 class Backend(Protocol):
-    """Computes rewards for decoded samples."""
+    """Computes rewards for decoded samples.
+
+    A ``remote`` backend (queue workers) scores the request as sent and its workers decode their
+    own copy: ``run`` then gets no decoded samples, so the front holds no pixels while it waits."""
+
+    remote: bool
 
     async def run(
         self, request: ScoreRequest, samples: list[Sample], rewards: list[str]
@@ -78,6 +84,8 @@ class Backend(Protocol):
 class LocalBackend:
     """Scores in this process: one ``DynamicBatcher`` per loaded reward."""
 
+    remote = False
+
     def __init__(self, rewards: Mapping[str, Reward], observer_factory: Any = None):
         self.rewards = dict(rewards)
         self.batchers = {
@@ -86,6 +94,7 @@ class LocalBackend:
                 reward.spec.max_batch_size,
                 name=name,
                 observer=observer_factory(name) if observer_factory else None,
+                regroup_ms=reward.spec.max_wait_ms,
             )
             for name, reward in self.rewards.items()
         }
@@ -161,42 +170,52 @@ class ScoringService:
         An unreadable header counts as the largest image allowed (decoding will say what is wrong)."""
         compressed = raw = 0
         limit = self.limits.max_request_pixels
-        for i, sample in enumerate(request.samples):
-            images = [(sample.image, f"samples[{i}].image")]
-            images += [(s.reference, f"samples[{i}].subjects[{j}].reference")
-                       for j, s in enumerate(sample.subjects) if s.reference is not None]
-            for image, where in images:
-                pixels = image_pixels(image)
-                if isinstance(image, RawImage):
-                    raw += pixels
-                elif pixels is None:
-                    compressed += self.limits.max_pixels
-                    continue  # not a reason to refuse: the decoder's message will be the better one
-                else:
-                    compressed += pixels
-                if compressed + raw > limit:
-                    raise InvalidRequest(f"{where}: the request's images decode to more than {limit} pixels in "
-                                         "all; send fewer or smaller images per request")
+        for image, where in request_images(request):
+            pixels = image_pixels(image)
+            if isinstance(image, RawImage):
+                raw += pixels
+            elif pixels is None:
+                compressed += self.limits.max_pixels
+                continue  # not a reason to refuse: the decoder's message will be the better one
+            else:
+                compressed += pixels
+            if compressed + raw > limit:
+                raise InvalidRequest(f"{where}: the request's images decode to more than {limit} pixels in "
+                                     "all; send fewer or smaller images per request")
         return compressed, raw
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
-        """Validate, wait for room in the pixel budget, decode, compute and assemble."""
+        """Validate, wait for room in the pixel budget, decode, compute and assemble.
+
+        The decoded images count against the budget while this process holds them: until scored
+        here, or only until checked when queue workers score the request (they decode their own copy)."""
         names = self.validate(request)
         compressed, raw = self.measure(request)
-        pixels = compressed + raw
+        # Decoding stops at max_request_pixels, so a request never holds more, whatever its unreadable
+        # headers were charged: without the cap, many of them would wait for room that never comes (503).
+        pixels = min(compressed + raw, self.limits.max_request_pixels)
+        remote = self.backend.remote
+        results: dict[str, list[ScoreResult]] = {}
         try:
             async with self.budget.hold(pixels):
                 self._in_flight += 1
                 try:
-                    return await self._decode_and_score(request, names, compressed, raw)
+                    samples = await self._decode_checked(request, names, compressed, raw)
+                    if not remote:
+                        results = await self.backend.run(request, samples, names)
                 finally:
                     self._in_flight -= 1
+                del samples  # a remote backend's wait must not keep the decoded images alive
         finally:
             if pixels >= RELEASE_AFTER_PIXELS:
                 self._release_memory()
+        if remote:  # the workers decode their own copy: nothing is held here while they score
+            results = await self.backend.run(request, [], names)
+        return assemble_response(request.rewards, results, self.versions, len(request.samples))
 
-    async def _decode_and_score(self, request: ScoreRequest, names: list[str], compressed: int,
-                                raw: int) -> ScoreResponse:
+    async def _decode_checked(self, request: ScoreRequest, names: list[str], compressed: int,
+                              raw: int) -> list[Sample]:
+        """Decode the request's images (see the module docstring for where) and check each reward's inputs."""
         alone = self._in_flight == 1
         if alone and compressed <= INLINE_COMPRESSED_PIXELS and raw <= INLINE_RAW_PIXELS:
             samples = decode_samples(request, self.limits)
@@ -207,8 +226,7 @@ class ScoringService:
             finally:
                 stop.set()  # a caller that timed out or left: its thread stops decoding (and allocating)
         check_inputs({name: self.rewards[name].inputs for name in names}, samples)
-        results = await self.backend.run(request, samples, names)
-        return assemble_response(request.rewards, results, self.versions, len(samples))
+        return samples
 
     def _release_memory(self) -> None:
         """Trim the heap on a thread, one trim at a time, a moment after the answer: by then the

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -252,15 +253,22 @@ def image_pixels(image: RawImage | bytes) -> int | None:
     return size[0] * size[1] if size else None
 
 
+def request_images(request: ScoreRequest) -> Iterator[tuple[RawImage | bytes, str]]:
+    """Every image of ``request``, references included, with the field that holds it."""
+    for i, sample in enumerate(request.samples):
+        yield sample.image, f"samples[{i}].image"
+        for j, subject in enumerate(sample.subjects):
+            if subject.reference is not None:
+                yield subject.reference, f"samples[{i}].subjects[{j}].reference"
+
+
 def request_pixels(request: ScoreRequest, limits: ImageLimits = DEFAULT_LIMITS) -> int:
     """Pixels all images of ``request`` (references included) will decode to, from their headers;
     an unreadable header counts as the largest image ``limits`` allow."""
     total = 0
-    for sample in request.samples:
-        images = [sample.image, *(s.reference for s in sample.subjects if s.reference is not None)]
-        for image in images:
-            pixels = image_pixels(image)
-            total += limits.max_pixels if pixels is None else pixels
+    for image, _ in request_images(request):
+        pixels = image_pixels(image)
+        total += limits.max_pixels if pixels is None else pixels
     return total
 
 

@@ -27,9 +27,9 @@ CHECKPOINTS = "checkpoints"
 
 
 class EMA:
-    """Exponential moving average of the trainable parameters, warmed up as diffusers' ``EMAModel`` (and
-    flow_grpo's ``EMAModuleWrapper``) do: update n (from 0) uses decay ``min(decay, (1 + n) / (10 + n))``
-    (0 for the first), so an early average follows the weights instead of staying near their start."""
+    """Exponential moving average of the trainable parameters, warmed up as diffusers' ``EMAModel``: update
+    n (from 0) uses decay ``min(decay, (1 + n) / (10 + n))`` (0 for the first; flow_grpo's ``EMAModuleWrapper``
+    ramps the same way from 0.1), so an early average follows the weights instead of staying near their start."""
 
     def __init__(self, params: list[torch.nn.Parameter], decay: float):
         self.params = params

@@ -54,15 +54,13 @@ def _train(args: argparse.Namespace) -> int:
     from trainer.config import TrainConfig
     from trainer.grpo import RequiredRewardFailed
     from trainer.preflight import check_train_config, resolve_paths
-    from trainer.run import RunFinished, TrainingInterrupted
+    from trainer.run import RunExists, RunFinished, TrainingInterrupted
     from trainer.scoring import RewardRequestRefused
     from trainer.train import run_training
 
     try:
         cfg = resolve_paths(load_config(TrainConfig, args.config, args.overrides))
         check_train_config(cfg, args.rewards_config)
-        if not args.check and not args.resume:
-            _refuse_to_overwrite(Path(cfg.run.output_dir))
     except ConfigError as exc:
         print(f"psr train: {exc}", file=sys.stderr)
         return 2
@@ -86,6 +84,9 @@ def _train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as exc:
         print(f"psr train: {exc}\nresume with: {_command(args, ['--resume'])}", file=sys.stderr)
         return 130 if exc.signal_name == "SIGINT" else 143
+    except RunExists as exc:
+        print(f"psr train: {exc}\ncontinue it with: {_command(args, ['--resume'])}", file=sys.stderr)
+        return 2
     except RunFinished as exc:
         more = f"run.steps={2 * exc.total}"
         print(f"psr train: {exc}\nto train longer: {_command(args, ['--set', more, '--resume'])}")
@@ -99,17 +100,6 @@ def _train(args: argparse.Namespace) -> int:
         print(f"step {step}: {summary['headline']} {value:.4f}")
     print(json.dumps({k: summary[k] for k in ("tensorboard_dir", "sample_grid", "checkpoint")}))
     return 0
-
-
-def _refuse_to_overwrite(output_dir: Path) -> None:
-    """A new run into a folder with checkpoints would start at step 1 and overwrite them one by one."""
-    from shared.config import ConfigError
-    from trainer.checkpoint import find_latest
-
-    latest = find_latest(output_dir)
-    if latest is not None:
-        raise ConfigError(f"run.output_dir {output_dir} already holds checkpoints up to {latest.name}: --resume continues "
-                          "that run; to start over, set another run.output_dir (or delete that folder)")
 
 
 def _command(args: argparse.Namespace, extra: list[str]) -> str:

@@ -71,9 +71,11 @@ class ItemRules:
     references: bool = True  # 1-4 references (GRPO also trains on prompts without any)
     categories: bool = True  # one category per reference (GRPO accepts none at all)
     target: bool = False  # a ``target_path`` that exists (SFT)
+    task: bool = False  # a ``task`` (PSRBench reading a dataset folder groups items by it)
 
 
 BENCH_RULES = ItemRules()
+BENCH_BY_TASK_RULES = ItemRules(task=True)
 SFT_RULES = ItemRules(target=True)
 GRPO_RULES = ItemRules(references=False, categories=False)
 
@@ -165,7 +167,9 @@ def parse_item(
     elif rules.target and root is not None and not (root / target).is_file():
         problems.append(f"{at}: target_path: target image {root / target} does not exist")
     task = raw.get("task")
-    if task is not None and task not in TASKS:
+    if task is None and rules.task:
+        problems.append(f"{at}: task: missing (PSRBench groups items by task: {', '.join(TASKS)})")
+    elif task is not None and task not in TASKS:
         problems.append(f"{at}: task: {task!r} is not one of {', '.join(TASKS)}")
     if len(problems) > before:
         return None

@@ -3,6 +3,7 @@ server, a short Flow-GRPO run on the CPU. No GPU, no Redis, no downloads."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,11 @@ def run_demo(workdir: Path, steps: int | None = None) -> int:
         client.wait_until_ready()
         print("[3/4] Flow-GRPO on the tiny generator, rewarded for brightness by the server", flush=True)
         overrides = [f"run.steps={steps}"] if steps else []
+        previous = [workdir / "run" / part for part in ("checkpoints", "tensorboard", "samples")]
+        if any(p.exists() for p in previous):  # what an earlier demo's run wrote: a new demo replaces it
+            print(f"      replacing the previous demo run in {workdir / 'run'}", flush=True)
+            for part in previous:
+                shutil.rmtree(part, ignore_errors=True)
         run = tiny_run_config(workdir / "models" / "generator", url, workdir / "run", overrides)
         summary = run_training(run, progress=True)
         print_training(summary)

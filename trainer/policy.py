@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ class Policy:
         return self.accelerator.unwrap_model(self.model)
 
     @contextmanager
-    def reference(self):
+    def reference(self) -> Iterator[torch.nn.Module]:
         """The reference model: the same transformer with its LoRA adapters switched off."""
         self.transformer.disable_adapters()
         try:
@@ -56,7 +57,7 @@ class Policy:
             self.ema.update()
         return grad_norm
 
-    def evaluation_weights(self):
+    def evaluation_weights(self) -> AbstractContextManager[None]:
         """Where evaluation happens: with the EMA weights in place when EMA is on (as flow_grpo evaluates)."""
         return self.ema.applied() if self.ema is not None else nullcontext()
 

@@ -113,10 +113,10 @@ def run_recipe(workdir: Path, sft_steps: int = 20, grpo_steps: int = 3, items: i
         print(f"      {exported}")
 
         stage(5, "PSRBench generate: the exported model on the dataset's items (grouped by task)")
-        steps = str(grpo_cfg.sampling.num_steps)
+        steps, guidance = str(grpo_cfg.sampling.num_steps), str(grpo_cfg.model.guidance_scale)  # as trained
         code = psr(["--log-level", "WARNING", "bench", "generate", "--data", str(data), "--model", str(exported),
                     "--out", str(workdir / "bench-gen"), "--steps", steps, "--size", str(SIZE),
-                    "--device", "cpu", "--cpu-threads", "1", "--no-progress"])
+                    "--guidance", guidance, "--device", "cpu", "--cpu-threads", "1", "--no-progress"])
         if code:
             return code
         stage(6, "PSRBench score: subject consistency, semantic alignment, aesthetics")

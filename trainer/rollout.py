@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from trainer.config import DataConfig, TrainConfig
 from trainer.dataset import GRPO_RULES, load_dataset, load_image
@@ -19,11 +19,31 @@ from trainer.sampling import Trajectory, sample_sde
 
 @dataclass
 class Item:
-    """A training prompt with its decoded reference images."""
+    """A training prompt with its reference images (decoded, or ``ReferenceFiles`` read when drawn)."""
 
     prompt: str
-    references: list[np.ndarray]
+    references: Sequence[np.ndarray]
     categories: list[str]
+
+    def decoded(self) -> Item:
+        """The item with its references in memory (each file read once per sampling batch)."""
+        return Item(self.prompt, list(self.references), self.categories)
+
+
+class ReferenceFiles(Sequence[np.ndarray]):
+    """A dataset item's reference images, read from disk on access: a dataset's references are not all
+    held in memory (psr datagen's paper-scale output would need hundreds of GB), only a batch's."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int | slice) -> np.ndarray | list[np.ndarray]:  # type: ignore[override]
+        if isinstance(i, slice):
+            return [load_image(p) for p in self.paths[i]]
+        return load_image(self.paths[i])
 
 
 def _load_reference(spec: str, base: Path) -> np.ndarray:
@@ -35,8 +55,7 @@ def _load_reference(spec: str, base: Path) -> np.ndarray:
     path = Path(spec) if Path(spec).is_absolute() else base / spec
     if not path.is_file():
         raise FileNotFoundError(f"reference image {path} does not exist")
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+    return load_image(path)
 
 
 def load_items(data: DataConfig, base_dir: Path = Path(".")) -> list[Item]:
@@ -51,7 +70,7 @@ def load_items(data: DataConfig, base_dir: Path = Path(".")) -> list[Item]:
     if data.file:
         path = Path(data.file) if Path(data.file).is_absolute() else base_dir / data.file
         root, entries = load_dataset(path, GRPO_RULES)
-        items += [Item(e.instruction, [load_image(root / r) for r in e.input_paths], e.categories) for e in entries]
+        items += [Item(e.instruction, ReferenceFiles([root / r for r in e.input_paths]), e.categories) for e in entries]
     if not items:
         raise ValueError("the data section yields no prompt items")
     return items
@@ -92,6 +111,7 @@ def sample_group_batch(
 
 def _sample_layout(gen, transformer, members, cfg: TrainConfig, seed: int) -> Rollout:
     s, m = cfg.sampling, cfg.model
+    members = [(gid, item.decoded()) for gid, item in members]
     per_sample = [(gid, item) for gid, item in members for _ in range(s.group_size)]
     items = [item for _, item in per_sample]
     unique = [item for _, item in members]

@@ -45,6 +45,18 @@ class RunFinished(Exception):
         )
 
 
+class RunExists(Exception):
+    """A new run (no ``--resume``) in a ``run.output_dir`` that holds another run's checkpoints."""
+
+    def __init__(self, output_dir: Path, checkpoint: Path):
+        self.output_dir, self.checkpoint = output_dir, checkpoint
+        super().__init__(
+            f"run.output_dir {output_dir} already holds a run (newest checkpoint {checkpoint.name}); a new run there "
+            "would mix its checkpoints with those (the newest step number wins, older ones are pruned): continue "
+            "it with --resume, or give another run.output_dir"
+        )
+
+
 class StopSignals:
     """Turns SIGINT/SIGTERM into a request to stop after the current step; a second signal acts at once."""
 

@@ -16,7 +16,7 @@ from trainer.mixing import ReferenceMix
 from trainer.monitor import StepTimer, score_grid
 from trainer.preflight import check_hosted_rewards
 from trainer.rollout import load_items, sample_group_batch, submit_scores
-from trainer.run import RunFinished, Trainer
+from trainer.run import RunExists, RunFinished, Trainer
 from trainer.scoring import StepScores
 from trainer.update import optimise, optimizer_steps_per_epoch
 
@@ -123,15 +123,19 @@ def run_training(
     base_dir: Path = Path("."),
 ) -> dict[str, Any]:
     """Train as configured (``algorithm``: grpo or sft); returns the summary (metric per step, TensorBoard
-    dir, sample grid PNG, checkpoint). Raises ``RunFinished`` when resuming a finished run and
-    ``TrainingInterrupted`` after saving on SIGINT/SIGTERM."""
+    dir, sample grid PNG, checkpoint). Raises ``RunFinished`` when resuming a finished run, ``RunExists``
+    when a new run would write where another one's checkpoints are, and ``TrainingInterrupted`` after
+    saving on SIGINT/SIGTERM."""
+    out = Path(config.run.output_dir)
     if resume:  # a finished run or a wrong path says so before any model loads or the server is asked
-        path = find_latest(Path(config.run.output_dir)) if str(resume) == "latest" else Path(resume)
+        path = find_latest(out) if str(resume) == "latest" else Path(resume)
         if path is not None and not path.is_dir():
             raise ConfigError(f"--resume {resume}: no such checkpoint folder; give one of "
-                              f"{Path(config.run.output_dir) / 'checkpoints'}/step-N, or --resume alone for the newest")
+                              f"{out / 'checkpoints'}/step-N, or --resume alone for the newest")
         if path is not None and (path / "trainer_state.json").is_file() and checkpoint_step(path) >= config.run.steps:
             raise RunFinished(checkpoint_step(path), config.run.steps, path)
+    elif (latest := find_latest(out)) is not None:
+        raise RunExists(out, latest)
     if config.algorithm == "sft":
         from trainer.sft import SFTTrainer
 

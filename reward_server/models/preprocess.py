@@ -15,6 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# Equally sized images are stacked into one tensor before resizing, at most this many pixels at a
+# time (48 MB of uint8): 64 images of 512 px go in one stack, while 4096 px images go one by one
+# instead of as a full-resolution copy of the whole batch next to the decoded images.
+MAX_STACK_PIXELS = 1 << 24
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -89,8 +94,11 @@ def preprocess_batch(
     for i, image in enumerate(images):
         groups[tuple(image.shape[:2])].append(i)
     out = torch.empty(len(images), 3, spec.crop, spec.crop, device=device, dtype=torch.float32)
-    for indices in groups.values():
-        out[indices] = _resize_crop(_stack_to_device([images[i] for i in indices], device), spec)
+    for (height, width), indices in groups.items():
+        step = max(1, MAX_STACK_PIXELS // (height * width))
+        for start in range(0, len(indices), step):
+            part = indices[start : start + step]
+            out[part] = _resize_crop(_stack_to_device([images[i] for i in part], device), spec)
     mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
     return ((out - mean) / std).to(dtype)

@@ -41,6 +41,8 @@ def to_score_results(results: list[q.JobResult]) -> list[ScoreResult]:
 class RedisBackend:
     """Scores on remote workers; ``ready()`` reflects worker heartbeats per reward."""
 
+    remote = True  # workers decode the stored request themselves: ``run`` needs no decoded samples
+
     def __init__(
         self,
         redis_url: str,
@@ -103,6 +105,7 @@ class RedisBackend:
     async def run(
         self, request: ScoreRequest, samples: list[Sample], rewards: list[str]
     ) -> dict[str, list[ScoreResult]]:
+        """Enqueue ``request`` as sent and wait for the workers (``samples`` is empty: see ``remote``)."""
         return await self.wait(await self.enqueue(request, rewards))
 
     async def close(self) -> None:

@@ -14,6 +14,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_psr_demo_trains_and_writes_logs_grid_and_checkpoint(tmp_path: Path):
+    earlier = tmp_path / "run" / "checkpoints" / "step-000009"  # an earlier demo's run, with more steps
+    earlier.mkdir(parents=True)
+    (earlier / "trainer_state.json").write_text('{"step": 9, "config_hash": "earlier"}')
     out = subprocess.run(
         psr_command("--log-level", "WARNING", "demo", "--workdir", str(tmp_path), "--steps", "2"),
         env=repo_env(), cwd=REPO, capture_output=True, text=True, timeout=600,
@@ -26,5 +29,8 @@ def test_psr_demo_trains_and_writes_logs_grid_and_checkpoint(tmp_path: Path):
     assert list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
     grids = sorted((tmp_path / "run" / "samples").glob("*.png"))
     assert grids and Image.open(grids[-1]).size[0] > 0
-    assert list((tmp_path / "run" / "checkpoints").iterdir())
+    # a new demo replaces the earlier run instead of mixing with it (its step 9 would pass for the newest)
+    assert "replacing the previous demo run" in out.stdout
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-000002"]
+    assert f"checkpoint:       {tmp_path / 'run' / 'checkpoints' / 'step-000002'}" in out.stdout
     assert "Traceback" not in out.stderr

@@ -37,6 +37,7 @@ def test_psr_demo_recipe_runs_every_stage(tmp_path: Path, capsys):
     assert (tmp_path / "sft" / "samples" / "step-000000.png").is_file()  # validation grid before training
     assert (tmp_path / "export" / "model_index.json").is_file()
     results = json.loads((tmp_path / "bench-gen" / "results.json").read_text())
+    assert results["meta"]["guidance"] == 1.0  # the guidance the tiny configs train with, not bench's 2.5
     assert sum(len(v) for v in results["subsets"].values()) == len(items)
     table = (tmp_path / "bench" / "table.md").read_text()
     assert "| Overall" in table and "| Overall" in out.stdout

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import inspect
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
-from reward_server.batching import DynamicBatcher, Pending, score_isolated, split_into_chunks, take_batch
+from reward_server.batching import (
+    DynamicBatcher,
+    Pending,
+    regroup_plan,
+    score_isolated,
+    split_into_chunks,
+    take_batch,
+)
 from reward_server.rewards.base import ScoreResult
 from shared.protocol import Sample
 
@@ -118,18 +128,36 @@ def test_a_large_request_is_split_and_reassembled_in_order() -> None:
 
 
 def test_a_request_that_finds_the_model_idle_runs_at_once() -> None:
-    # the batch window (max_wait_ms) used to be paid by every lone caller
-    record = Recorder()
+    # the batch window (max_wait_ms) used to be paid by every lone caller: no timer may fire between a
+    # request and an idle model (asyncio.sleep, wait_for and asyncio.timeout all schedule with call_at),
+    # not even with a long regroup wait, which a lone caller's next request ends
+    fired: list[object] = []
+    seen_at_model: list[int] = []  # timers fired before each model call
 
-    async def main() -> list[ScoreResult]:
-        batcher = DynamicBatcher(record, max_batch_size=32)
+    def score(batch: Sequence[Sample]) -> list[ScoreResult]:
+        seen_at_model.append(len(fired))
+        return [ScoreResult(1.0) for _ in batch]
+
+    async def main() -> list[list[ScoreResult]]:
+        loop = asyncio.get_running_loop()
+        real_call_at = loop.call_at
+
+        def call_at(when, callback, *args, **kwargs):
+            def noted(*a):
+                fired.append(callback)
+                return callback(*a)
+
+            return real_call_at(when, noted, *args, **kwargs)
+
+        loop.call_at = call_at  # type: ignore[method-assign]
+        batcher = DynamicBatcher(score, max_batch_size=32, regroup_ms=60_000)
         try:
-            return await asyncio.wait_for(batcher.submit(samples("a")), 5)
+            return [await batcher.submit(samples("a")), await batcher.submit(samples("b"))]
         finally:
             await batcher.close()
 
-    assert [r.score for r in asyncio.run(main())] == [1.0]
-    assert record.batches == [["a"]]
+    assert [[r.score for r in part] for part in asyncio.run(main())] == [[1.0], [1.0]]
+    assert seen_at_model == [0, 0]
 
 
 def test_requests_arriving_while_the_model_is_busy_form_the_next_batch() -> None:
@@ -262,3 +290,162 @@ def test_close_releases_callers_whose_batch_is_on_the_model_thread() -> None:
             release.set()
 
     asyncio.run(main())
+
+
+def test_a_caller_that_gives_up_leaves_the_queue_at_once() -> None:
+    # its chunk (and the decoded images in it) stayed queued until the model freed, though the pixel
+    # budget had already let those pixels go: with the model stuck, timed-out requests piled up in memory
+    entered, release = threading.Event(), threading.Event()
+
+    def blocking(batch: Sequence[Sample]) -> list[ScoreResult]:
+        entered.set()
+        release.wait(10)
+        return [ScoreResult(1.0) for _ in batch]
+
+    async def main() -> bool:
+        batcher = DynamicBatcher(blocking, max_batch_size=1)
+        try:
+            first = asyncio.ensure_future(batcher.submit(samples("first")))
+            await asyncio.to_thread(entered.wait, 10)
+            image = np.zeros((8, 8, 3), np.uint8)
+            alive = weakref.ref(image)
+            gone = asyncio.ensure_future(batcher.submit([Sample(image=image, prompt="gone")]))
+            await wait_until(lambda: batcher.queued_samples == 1)
+            del image
+            gone.cancel()
+            await asyncio.wait([gone])
+            del gone
+            gc.collect()
+            freed = alive() is None
+            release.set()
+            await first
+            return freed
+        finally:
+            release.set()
+            await batcher.close()
+
+    assert asyncio.run(main()), "the cancelled caller's image is still referenced by the batcher"
+
+
+def test_whatever_the_model_thread_raises_the_callers_get_an_answer_and_the_next_batch_runs() -> None:
+    # SystemExit from a model (score_isolated catches Exception only) and an observer that raised both
+    # left the callers waiting until their timeout and the batcher busy
+    calls: list[str] = []
+
+    def exits_on_first(batch: Sequence[Sample]) -> list[ScoreResult]:
+        calls.append(batch[0].prompt)
+        if batch[0].prompt == "exit":
+            raise SystemExit(3)
+        return [ScoreResult(1.0) for _ in batch]
+
+    def broken_observer(n: int, seconds: float, failed: bool) -> None:
+        raise RuntimeError("metrics broke")
+
+    async def main() -> tuple[list[ScoreResult], list[ScoreResult]]:
+        batcher = DynamicBatcher(exits_on_first, max_batch_size=4, observer=broken_observer)
+        try:
+            first = await asyncio.wait_for(batcher.submit(samples("exit")), 5)
+            second = await asyncio.wait_for(batcher.submit(samples("next")), 5)
+            return first, second
+        finally:
+            await batcher.close()
+
+    first, second = asyncio.run(main())
+    assert first[0].score is None and "SystemExit" in first[0].error
+    assert [r.score for r in second] == [1.0] and calls == ["exit", "next"]
+
+
+# ------------------------------------------------------------------------------ regrouping
+
+
+def test_regroup_plan_is_the_readme_rule() -> None:
+    # README "Batching and memory": wait until as many samples wait as the batch just finished plus
+    # those already waiting (at most max_batch_size), for at most max_wait_ms and a quarter of the
+    # model time of that batch; no wait when enough wait already
+    assert inspect.signature(DynamicBatcher).parameters["regroup_share"].default == 0.25
+    assert regroup_plan(3, 4, 0.2, 32, 0.010, 0.25) == (0.010, 7)  # max_wait_ms binds
+    assert regroup_plan(3, 4, 0.02, 32, 0.010, 0.25) == (0.005, 7)  # a quarter of 20 ms binds
+    assert regroup_plan(30, 4, 0.2, 32, 0.010, 0.25) == (0.010, 32)  # a full batch ends it
+    assert regroup_plan(32, 4, 0.2, 32, 0.010, 0.25) == (0.0, 32)  # already full: no wait
+    assert regroup_plan(0, 1, 0.2, 32, 0.0, 0.25) == (0.0, 1)  # max_wait_ms 0: never
+
+
+class SlowRecorder(Recorder):
+    """A Recorder whose every model call takes ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def __call__(self, batch: Sequence[Sample]) -> list[ScoreResult]:
+        time.sleep(self.seconds)
+        return super().__call__(batch)
+
+
+async def closed_loop(batcher: DynamicBatcher, callers: int, requests: int, think_s: float) -> None:
+    """``callers`` each send ``requests`` one-sample requests, each after its answer plus a
+    think time that differs per caller (as answers and new requests spread over an HTTP server)."""
+
+    async def caller(i: int) -> None:
+        for _ in range(requests):
+            await asyncio.sleep(think_s * i / callers)
+            await batcher.submit(samples("x"))
+
+    await asyncio.wait_for(asyncio.gather(*(caller(i) for i in range(callers))), 30)
+
+
+@pytest.mark.parametrize("regroup_ms", [0.0, 50.0])
+def test_callers_returning_after_their_answer_regroup_into_full_batches(regroup_ms: float) -> None:
+    # without the regroup wait, 8 closed-loop callers split for good into a batch of the first
+    # caller back and one of the others: the model works on small batches at half efficiency
+    model = SlowRecorder(0.03)
+
+    async def main() -> None:
+        batcher = DynamicBatcher(model, max_batch_size=32, regroup_ms=regroup_ms, regroup_share=1.0)
+        try:
+            await closed_loop(batcher, callers=8, requests=6, think_s=0.004)
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
+    later = [len(b) for b in model.batches[2:-1]]  # past the staggered start, before the end
+    if regroup_ms:
+        assert later and all(n == 8 for n in later), later
+    else:
+        assert later and max(later) < 8, later  # the split this wait exists to undo
+
+
+def test_a_lone_caller_never_waits_for_a_regroup() -> None:
+    # the wait ends when as many samples wait as the batch just finished had: a lone caller's own
+    # next request ends it at once, however long regroup_ms is
+    model = SlowRecorder(0.005)
+
+    async def main() -> float:
+        batcher = DynamicBatcher(model, max_batch_size=32, regroup_ms=5_000, regroup_share=1.0)
+        try:
+            started = time.monotonic()
+            await closed_loop(batcher, callers=1, requests=20, think_s=0.0)
+            return time.monotonic() - started
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(main()) < 2.5  # 20 x 5 ms of model; a regroup wait would cost 20 x 5 s
+
+
+def test_the_regroup_wait_is_bounded_by_the_model_time() -> None:
+    # two callers answered together, only one comes back: it waits for the other at most
+    # regroup_share of the last batch's model time, not regroup_ms
+    model = SlowRecorder(0.02)
+
+    async def main() -> float:
+        batcher = DynamicBatcher(model, max_batch_size=32, regroup_ms=5_000, regroup_share=1.0)
+        try:
+            await asyncio.gather(batcher.submit(samples("a")), batcher.submit(samples("b")))
+            started = time.monotonic()
+            await asyncio.wait_for(batcher.submit(samples("c")), 10)
+            return time.monotonic() - started
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(main()) < 2.5
+    assert [len(b) for b in model.batches] == [2, 1]

@@ -81,10 +81,17 @@ def test_bench_reads_a_dataset_folder_grouped_by_task(folder):
     assert SUBSETS[0] == "Attribute" and len(SUBSETS) == 7
 
 
-def test_grpo_trains_on_a_dataset_folder(folder):
+def test_grpo_trains_on_a_dataset_folder(folder, monkeypatch):
+    import trainer.rollout
+
+    reads, real = [], trainer.rollout.load_image
+    monkeypatch.setattr(trainer.rollout, "load_image", lambda path: reads.append(path) or real(path))
     items = load_items(DataConfig(file=str(folder)))
     assert [len(it.references) for it in items] == [2, 3]
-    assert items[1].references[2][0, 0].tolist() == [30, 30, 30]
+    assert reads == []  # references are read when an item is drawn: a paper-scale dataset does not fit in memory
+    decoded = items[1].decoded()
+    assert reads == [folder / "refs/dog.png", folder / "refs/cup.png", folder / "refs/hat.png"]
+    assert decoded.references[2][0, 0].tolist() == [30, 30, 30] and decoded.categories == ["dog", "cup", "hat"]
 
 
 def test_writing_refuses_items_that_would_not_load(tmp_path):

@@ -138,3 +138,23 @@ def test_metadata_integers_beyond_64_bits_are_refused_in_both_forms():
         status, detail = _answer(json.dumps(_request_with(value)).encode(), JSON)
         assert status == 422 and "64-bit" in detail and "metadata.m" in detail
     assert _both_forms(_request_with([2**64 - 1, -(2**63)])) == [(200, "")] * 2
+
+
+def _depth(value: object) -> int:
+    """Levels of objects/arrays inside one another, the outermost counted (as the README counts them)."""
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def test_the_nesting_limit_is_the_readmes_to_the_level():
+    # README: a body nests at most 32 levels, the body itself counted, so metadata may nest 29
+    assert MAX_NESTING == 32
+    for levels in range(26, 32):
+        request = _request_with(_nested(levels))
+        metadata_levels = _depth(request["samples"][0]["metadata"])
+        expected = 200 if _depth(request) <= 32 else 422
+        assert (metadata_levels <= 29) == (expected == 200)
+        assert [status for status, _ in _both_forms(request)] == [expected] * 2, (levels, _depth(request))

@@ -77,3 +77,26 @@ def test_crop_boxes_clamps_to_the_image() -> None:
     inside, outside = crop_boxes(image, [(2, 3, 7, 9), (-5, -5, 50, 50)])
     np.testing.assert_array_equal(inside, image[3:9, 2:7])
     assert outside.shape == image.shape
+
+
+def test_large_images_are_not_stacked_into_one_full_resolution_copy(monkeypatch) -> None:
+    # a batch of 16 decoded 4096 px images was stacked whole before resizing: 800 MB more per reward
+    # (each reward its own copy, at once), next to the 800 MB the pixel budget counts
+    import reward_server.models.preprocess as preprocess
+
+    stacked: list[int] = []
+    real_stack = preprocess._stack_to_device
+
+    def watched(images, device):
+        stacked.append(sum(image.shape[0] * image.shape[1] for image in images))
+        return real_stack(images, device)
+
+    monkeypatch.setattr(preprocess, "MAX_STACK_PIXELS", 2 * 64 * 64)
+    monkeypatch.setattr(preprocess, "_stack_to_device", watched)
+    rng = np.random.default_rng(0)
+    images = [random_image(rng, 64, 64) for _ in range(5)] + [random_image(rng, 20, 20) for _ in range(3)]
+    spec = Preprocess(resize=37, crop=32, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    batched = preprocess_batch(images, spec, CPU)
+    assert stacked == [2 * 64 * 64, 2 * 64 * 64, 64 * 64, 3 * 20 * 20] and max(stacked) <= 2 * 64 * 64
+    for i, image in enumerate(images):  # the same numbers as one at a time
+        torch.testing.assert_close(batched[i], preprocess_batch([image], spec, CPU)[0], atol=1e-6, rtol=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 
@@ -54,8 +55,11 @@ def test_the_limiter_counts_samples_per_caller():
 
 
 def test_limited_backend_releases_on_failure_and_uses_the_current_caller():
+    seen = []
+
     class Failing:
         async def run(self, request, samples, rewards):
+            seen.append(limiter.queued("carol"))  # the request's samples, counted before running
             raise RuntimeError("model down")
 
     limiter = CallerLimiter(3)
@@ -64,7 +68,7 @@ def test_limited_backend_releases_on_failure_and_uses_the_current_caller():
     async def main():
         CURRENT_CALLER.set("carol")
         with pytest.raises(RuntimeError):
-            await backend.run(None, [1, 2, 3], ["x"])
+            await backend.run(SimpleNamespace(samples=[1, 2, 3]), [], ["x"])
 
     asyncio.run(main())
-    assert limiter.queued("carol") == 0
+    assert seen == [3] and limiter.queued("carol") == 0

@@ -16,7 +16,7 @@ from reward_server.rewards import Reward, ScoreResult
 from reward_server.rewards.base import REFERENCES
 from reward_server.rewards.synthetic import BrightnessReward, FixedCostReward
 from reward_server.service import LocalBackend, RewardUnavailable, ScoringService, assemble_response
-from shared.images import encode_image
+from shared.images import ImageLimits, encode_image
 from shared.protocol import InvalidRequest, SampleIn, ScoreRequest, ScoreResponse, SubjectIn
 
 IMAGE = np.full((4, 4, 3), 51, np.uint8)  # brightness 0.2
@@ -211,3 +211,64 @@ def test_an_image_too_thin_to_score_is_refused_saying_so() -> None:
             run(ScoreRequest(rewards={"brightness": 1.0}, samples=[thin]))
     wide = SampleIn(image=encode_image(np.zeros((64, 1024, 3), np.uint8), "raw"))  # 16:1 is fine
     assert run(ScoreRequest(rewards={"brightness": 1.0}, samples=[wide])).scores["brightness"] == [0.0]
+
+
+def test_many_images_whose_size_cannot_be_read_get_the_decoders_422_not_a_503() -> None:
+    # an unreadable header is charged as the largest image allowed: 33 of them (default limits) asked the
+    # pixel budget for more than it can ever hold, so the request waited busy_wait_s and got 503 +
+    # Retry-After (which clients retry) instead of the 422 that says what is wrong with the image
+    from reward_server.limits import PixelBudget
+
+    request = ScoreRequest(rewards={"brightness": 1.0}, samples=[SampleIn(image=b"GIF89a not a PNG")] * 40)
+    with pytest.raises(InvalidRequest, match=r"samples\[0\]\.image: image bytes are neither PNG nor JPEG"):
+        run(request, budget=PixelBudget(2 * ImageLimits().max_request_pixels, wait_s=0.05))
+
+
+def test_a_queue_front_holds_no_pixels_while_the_workers_score() -> None:
+    # the front kept each request's decoded images, and their share of limits.max_pixels_in_flight, until
+    # the workers answered (they decode their own copy): a few requests waiting on busy workers filled the
+    # budget, and the next one got 503 although the front held nothing it needed
+    from reward_server.limits import PixelBudget
+    from reward_server.queue.backend import RedisBackend
+
+    assert RedisBackend.remote and not LocalBackend.remote
+    rewards = make_rewards()
+
+    class Workers:
+        remote = True
+
+        def __init__(self) -> None:
+            self.given: list[int] = []  # decoded samples handed to each run
+            self.go = asyncio.Event()
+
+        def ready(self) -> dict[str, bool]:
+            return dict.fromkeys(rewards, True)
+
+        def unavailable(self, names: list[str]) -> None:
+            return None
+
+        async def run(self, request, samples, names):
+            self.given.append(len(samples))
+            await self.go.wait()
+            return {name: [ScoreResult(1.0)] * len(request.samples) for name in names}
+
+        async def close(self) -> None:
+            pass
+
+    request = ScoreRequest(rewards={"brightness": 1.0}, samples=[sample(refs=0)])  # one 4x4 image
+
+    async def main() -> tuple[list[ScoreResponse], int]:
+        workers = Workers()
+        service = ScoringService(rewards, workers, budget=PixelBudget(16, wait_s=0.05))
+        calls = [asyncio.ensure_future(service.score(request)) for _ in range(3)]
+        deadline = time.monotonic() + 5
+        while len(workers.given) < 3 and not any(c.done() for c in calls) and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        in_use = service.budget.in_use
+        workers.go.set()
+        assert workers.given == [0, 0, 0]
+        return await asyncio.gather(*calls), in_use
+
+    answers, in_use = asyncio.run(main())
+    assert in_use == 0
+    assert [a.scores["brightness"] for a in answers] == [[1.0]] * 3

@@ -98,6 +98,17 @@ def test_training_runs_land_in_the_repositorys_runs_folder(path):
         assert f"model.init_lora={out.relative_to(REPO)}/checkpoints/{steps}" in grpo
 
 
+def test_the_paper_sft_config_has_the_papers_settings():
+    """README: configs/psr_sft_kontext.yaml is the paper's SFT (LoRA 512, lr 1e-4, 512 px, 2/3/4 references
+    mixed 0.9 / 0.05 / 0.05), on FLUX.1 Kontext."""
+    from trainer.config import TrainConfig
+
+    cfg = load_config(TrainConfig, REPO / "configs" / "psr_sft_kontext.yaml", ["data.file=x"])
+    assert (cfg.algorithm, cfg.model.path) == ("sft", "black-forest-labs/FLUX.1-Kontext-dev")
+    assert (cfg.lora.rank, cfg.optim.lr, cfg.model.resolution) == (512, 1e-4, 512)
+    assert cfg.data.reference_mix == {2: 0.9, 3: 0.05, 4: 0.05}
+
+
 def test_the_paper_configs_use_one_set_of_reward_names():
     """rewards_psr.yaml hosts what the paper's training config weighs and psr bench score asks for."""
     hosted = set(load_config(ServerConfig, REPO / "configs" / "rewards_psr.yaml").rewards)

@@ -156,3 +156,31 @@ def test_refused_request_stops_and_transient_failure_masks_or_stops():
         masked.full()
     with pytest.raises(RequiredRewardFailed, match="server overloaded"):
         _step_scores("[brightness]")(ServiceError("server overloaded", 503)).advantages_of(0)
+
+
+def test_step_wide_advantages_of_each_batch_use_the_whole_step():
+    """normalize_then_sum's last normalisation spans the step's every sampling batch (trl's batch), so
+    a batch's advantages wait for all rewards; they are trl's rule over the step, not over one batch."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from tests.unit.test_trainer_grpo import trl_normalize_then_sum
+    from trainer.rollout import Rollout
+    from trainer.scoring import StepScores
+
+    cfg = load_config(TrainConfig, CONFIG, ["model.path=/x", "rewards.reward_weights={a: 0.6, b: 0.4}",
+                                            "rewards.required=[]", "grpo.multi_objective_aggregation=normalize_then_sum"])
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, 12), rng.normal(5, 3, 12)  # 2 batches x 2 groups x 3 samples
+    rollouts, futures = [], []
+    for r in range(2):
+        part = slice(6 * r, 6 * r + 6)
+        rollouts.append(Rollout(None, None, None, np.repeat([2 * r, 2 * r + 1], 3),
+                                [np.zeros((4, 4, 3), np.uint8)] * 6, []))
+        futures.append(Future())
+        futures[-1].set_result(SimpleNamespace(scores={"a": a[part], "b": b[part]}, errors=[]))
+    scores = StepScores(rollouts, futures, cfg, StepTimer())
+    got = np.concatenate([scores.advantages_of(0)[0], scores.advantages_of(1)[0]])
+    expected = trl_normalize_then_sum(np.stack([a, b], 1), np.array([0.6, 0.4]), 3, ddof=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)

@@ -82,6 +82,18 @@ def test_resume_continues_exactly(tiny_path, client, tmp_path):
     ckpt = find_latest(tmp_path / "a")
     assert {p.name for p in ckpt.iterdir()} >= {"lora.safetensors", "ema.safetensors", "trainer_state.pt"}
 
+    # a run started from a LoRA (model.init_lora, e.g. the SFT result) resumes exactly too
+    init = [f"model.init_lora={ckpt}", "run.steps=2"]
+    straight = FlowGRPOTrainer(small_config(tiny_path, tmp_path / "d", *init), client)
+    full = straight.train(progress=False)
+    FlowGRPOTrainer(small_config(tiny_path, tmp_path / "e", *init), client).train(progress=False, stop_after=1)
+    resumed = FlowGRPOTrainer(small_config(tiny_path, tmp_path / "e", *init), client)
+    assert resumed.resume("latest") == 1
+    assert resumed.train(progress=False)["loss"][0] == pytest.approx(full["loss"][1], rel=1e-6, abs=1e-9)
+    a, b = lora_state_dict(straight.policy.transformer), lora_state_dict(resumed.policy.transformer)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+
 
 def test_failed_rewards_are_masked_unless_required(tiny_path, client, tmp_path):
     # the teapot prompt's samples fail on "flaky": masked, training goes on

@@ -79,20 +79,17 @@ def test_psr_train_prints_how_to_resume_or_extend(generator, tmp_path, capsys, m
     assert "the run is finished: 1 of run.steps = 1 steps are done" in out
     assert "to train longer: psr train --config" in out and "--set run.steps=2 --resume" in out
     assert "run.steps=1" not in out.split("to train longer:")[1]
-
-    # the same command without --resume would start at step 1 and overwrite the run's checkpoints
-    saved = (find_latest(tmp_path) / "lora.safetensors").read_bytes()
-    assert psr(args[:-1]) == 2
+    # a new run (no --resume) into a folder holding a run is refused before the server is asked
+    assert psr([*args[:-1], "--set", "rewards.ready_timeout_s=0"]) == 2
     err = capsys.readouterr().err
-    assert f"psr train: run.output_dir {tmp_path} already holds checkpoints up to step-000001" in err, err
-    assert "--resume continues that run" in err and err.count("\n") == 1
-    assert (find_latest(tmp_path) / "lora.safetensors").read_bytes() == saved
+    assert f"run.output_dir {tmp_path} already holds a run (newest checkpoint step-000001)" in err
+    assert "continue it with: psr train --config" in err and err.rstrip().endswith("--resume")
 
     def interrupted(*a, **k):
         raise TrainingInterrupted("SIGINT", 3, 8, tmp_path / "checkpoints" / "step-000003")
 
     monkeypatch.setattr("trainer.train.run_training", interrupted)
-    assert psr(args) == 130
+    assert psr(args[:-1]) == 130
     err = capsys.readouterr().err
     assert "SIGINT: stopped after step 3 of 8; checkpoint saved to" in err
     assert "resume with: psr train --config" in err and err.rstrip().endswith("--resume")
@@ -101,7 +98,7 @@ def test_psr_train_prints_how_to_resume_or_extend(generator, tmp_path, capsys, m
         raise TrainingInterrupted("SIGTERM", 3, 8, tmp_path / "checkpoints" / "step-000003")
 
     monkeypatch.setattr("trainer.train.run_training", terminated)
-    assert psr(args) == 143  # 128 + SIGTERM, as a shell reports a process the signal ended
+    assert psr(args[:-1]) == 143  # 128 + SIGTERM, as a shell reports a process the signal ended
     assert "SIGTERM: stopped after step 3 of 8" in capsys.readouterr().err
 
 

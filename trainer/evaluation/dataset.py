@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from trainer.dataset import (
+    BENCH_BY_TASK_RULES,
     DATASET_FILE,
     TASKS,
     DataItem,
     DatasetError,
+    load_dataset,
     load_image,
     parse_item,
     read_json,
@@ -66,21 +68,15 @@ def load_subset(root: Path, subset: str, problems: list[str]) -> list[BenchItem]
 
 
 def load_by_task(root: Path, names: list[str], problems: list[str]) -> list[BenchItem]:
-    """Items of a dataset folder (``dataset.json``), grouped into subsets by their ``task``."""
-    path = root / DATASET_FILE
-    data = read_json(path, problems)
-    if not isinstance(data, list):
-        if data is not None:
-            problems.append(f"{path}: expected a JSON list of items, got {type(data).__name__}")
+    """Items of a dataset folder (``dataset.json``, read by ``trainer.dataset``), grouped into subsets by task."""
+    try:
+        _, items = load_dataset(root, BENCH_BY_TASK_RULES)
+    except DatasetError as exc:
+        problems.extend(exc.problems)
         return []
     by_subset: dict[str, list[BenchItem]] = {s: [] for s in names}
-    for i, raw in enumerate(data):
-        item = parse_item(raw, i, str(path), problems, root)
-        if item is None:
-            continue
-        if item.task is None:
-            problems.append(f"{path}: item {i}: task: missing (PSRBench groups items by task: {', '.join(TASKS)})")
-        elif item.task.title() in by_subset:
+    for item in items:
+        if item.task.title() in by_subset:
             group = by_subset[item.task.title()]
             group.append(_bench_item(item, item.task.title(), len(group)))
     return [it for s in names for it in by_subset[s]]
