@@ -39,7 +39,7 @@ def make_tiny(root: str | Path, seed: int = 0) -> Path:
     rewards: dict[str, Any] = {}
     for name in writer_modules():
         torch.manual_seed(seed)
-        log.info("writing tiny models from %s", name)
+        log.debug("writing tiny models from %s", name)
         entries = importlib.import_module(name).write(root)
         clash = sorted(set(entries) & set(rewards))
         if clash:
