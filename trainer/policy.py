@@ -112,7 +112,7 @@ def build_policy(cfg: TrainConfig, total_optimizer_steps: int) -> Policy:
     model, optimizer = accelerator.prepare(gen.transformer, optimizer)
     ema = EMA(params, o.ema_decay) if o.ema else None
     n_train = sum(p.numel() for p in params)
-    log.info("policy: %d trainable LoRA parameters on %s (%s)", n_train, accelerator.device, mixed)
+    log.info("policy: %d trainable LoRA parameters on %s (mixed precision: %s)", n_train, accelerator.device, mixed)
     base = str(Path(cfg.model.path).resolve()) if Path(cfg.model.path).exists() else cfg.model.path
     meta = lora_metadata(lora.alpha, targets, base, init)
     return Policy(accelerator, gen, model, optimizer, lr_scheduler, ema, params, meta)
