@@ -4,12 +4,13 @@ The service is transport-neutral: the FastAPI app calls it, and so do tests. Whe
 are computed is the backend's business -- in this process (``LocalBackend``: one dynamic
 batcher per reward) or on queue workers (the Redis backend).
 
-Where images are decoded: a small request that is alone in the server is decoded on the event
-loop (a thread hop, two wake-ups and a GIL hand-over, costs more than decoding a few small
-images, and nothing else waits for the loop). When other requests are in flight, or the images
-are large, decoding runs on a thread: Pillow releases the GIL while it decodes, so decoding then
-overlaps with the model and with the loop's work on other requests -- 1.5-1.8x the images/s at
-8-32 callers on a 2-core machine, at the same CPU per request (bench/peers.py, issue 12 notes).
+Where images are decoded: a small request (up to ``INLINE_COMPRESSED_PIXELS`` of PNG/JPEG and
+``INLINE_RAW_PIXELS`` of raw pixels) is decoded on the event loop, alone or under load: a thread
+hop (a future, two wake-ups and a GIL hand-over) costs more than decoding a few small images
+(tiny CLIP, 64 px PNGs, alternating A/B: 1.35-1.41x the images/s at 8 callers, 1.12-1.16x at 32,
+the same at 1, against decoding on a thread whenever other requests were in flight). Larger
+images are decoded on a thread: Pillow releases the GIL while it decodes, so that overlaps with
+the model and with the loop's work on other requests.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from shared.protocol import (
 )
 from shared.scoring import ScoreResult, assemble_response, check_inputs
 
-# A request alone in the server is decoded on the event loop up to these sizes. PNG decodes at
+# A request is decoded on the event loop up to these sizes. PNG decodes at
 # ~20-70 ns per pixel on one core (JPEG ~3x faster), so 16K pixels (four 64 px images) take
 # ~0.3-1 ms, about what a thread hop costs on a busy machine. Raw pixels are only copied.
 INLINE_COMPRESSED_PIXELS = 16_384
@@ -145,7 +146,6 @@ class ScoringService:
         self.budget = budget or PixelBudget(2 * self.limits.max_request_pixels)
         self.versions = {name: reward.version for name, reward in self.rewards.items()}  # hashes the spec: once
         self._releasing = False
-        self._in_flight = 0  # requests between admission and answer
 
     def validate(self, request: ScoreRequest) -> list[str]:
         """Check reward names and request size; returns the reward names to compute."""
@@ -198,13 +198,9 @@ class ScoringService:
         results: dict[str, list[ScoreResult]] = {}
         try:
             async with self.budget.hold(pixels):
-                self._in_flight += 1
-                try:
-                    samples = await self._decode_checked(request, names, compressed, raw)
-                    if not remote:
-                        results = await self.backend.run(request, samples, names)
-                finally:
-                    self._in_flight -= 1
+                samples = await self._decode_checked(request, names, compressed, raw)
+                if not remote:
+                    results = await self.backend.run(request, samples, names)
                 del samples  # a remote backend's wait must not keep the decoded images alive
         finally:
             if pixels >= RELEASE_AFTER_PIXELS:
@@ -216,8 +212,7 @@ class ScoringService:
     async def _decode_checked(self, request: ScoreRequest, names: list[str], compressed: int,
                               raw: int) -> list[Sample]:
         """Decode the request's images (see the module docstring for where) and check each reward's inputs."""
-        alone = self._in_flight == 1
-        if alone and compressed <= INLINE_COMPRESSED_PIXELS and raw <= INLINE_RAW_PIXELS:
+        if compressed <= INLINE_COMPRESSED_PIXELS and raw <= INLINE_RAW_PIXELS:
             samples = decode_samples(request, self.limits)
         else:
             stop = threading.Event()

@@ -272,3 +272,40 @@ def test_a_queue_front_holds_no_pixels_while_the_workers_score() -> None:
     answers, in_use = asyncio.run(main())
     assert in_use == 0
     assert [a.scores["brightness"] for a in answers] == [[1.0]] * 3
+
+
+def test_small_requests_are_decoded_on_the_event_loop_even_under_load(monkeypatch) -> None:
+    # they went to a thread whenever another request was in flight: a hop that costs more than
+    # decoding a 64 px image (README "Batching and memory"); large ones still go to a thread
+    import threading
+
+    import shared.protocol as protocol
+    from reward_server import service as service_module
+
+    decoded_on: list[str] = []
+    real_decode = protocol.decode_raw
+
+    def recording(*args):
+        decoded_on.append(threading.current_thread().name)
+        return real_decode(*args)
+
+    monkeypatch.setattr(protocol, "decode_raw", recording)
+    rewards = make_rewards()
+    small = ScoreRequest(rewards={"brightness": 1.0}, samples=[sample(refs=0)] * 2)
+
+    async def main() -> None:
+        backend = LocalBackend(rewards)
+        service = ScoringService(rewards, backend)
+        try:
+            await asyncio.gather(*(service.score(small) for _ in range(8)))  # 8 in flight at once
+            decoded_on.append("-- large --")
+            monkeypatch.setattr(service_module, "INLINE_RAW_PIXELS", 0)
+            await service.score(small)
+        finally:
+            await backend.close()
+
+    asyncio.run(main())
+    split = decoded_on.index("-- large --")
+    loop_thread = threading.current_thread().name
+    assert decoded_on[:split] and set(decoded_on[:split]) == {loop_thread}
+    assert decoded_on[split + 1 :] and loop_thread not in decoded_on[split + 1 :]
