@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -30,6 +31,12 @@ class BackgroundServer:
     """Serve an app on a thread; ``with BackgroundServer(app) as url: ...``."""
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int | None = None, log_level: str = "warning"):
+        # the server's own INFO lines (a line per reward loaded) follow log_level too: the command
+        # that embeds the server says what it hosts; a failure to load still shows (WARNING and up)
+        self._server_log = logging.getLogger("reward_server")
+        self._server_log_level = self._server_log.level
+        if not self._server_log.isEnabledFor(logging.DEBUG):
+            self._server_log.setLevel(max(logging.getLevelName(log_level.upper()), self._server_log.getEffectiveLevel()))
         self.host = host
         self.port = port or free_port(host)
         self.server = make_server(app, self.host, self.port, log_level)
@@ -51,6 +58,7 @@ class BackgroundServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self._thread.join(timeout=10)
+        self._server_log.setLevel(self._server_log_level)
 
     def __enter__(self) -> str:
         return self.start()

@@ -19,7 +19,7 @@ OURS = [p for pkg in ("shared", "reward_server", "trainer", "bench") for p in so
 def stream():
     """configure_logging into a buffer; the root logger is restored afterwards."""
     root = logging.getLogger()
-    saved = root.level, list(root.handlers), {n: logging.getLogger(n).level for n in ("shared", "trainer")}
+    saved = root.level, list(root.handlers), {n: logging.getLogger(n).level for n in ("shared", "trainer", "reward_server")}
     buffer = io.StringIO()
     yield buffer
     for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
@@ -101,3 +101,21 @@ def test_packaging_metadata_builds_without_deprecation_warnings():
     assert any(r.startswith("setuptools>=") and int(r.split(">=")[1].split(".")[0]) >= 77
                for r in project["build-system"]["requires"])
 
+
+
+def test_an_embedded_server_keeps_its_loading_lines_to_itself(stream):
+    # psr demo printed a timestamped 'loading reward ...' line per reward (14) under its own
+    # '[2/4] reward server ... hosting: ...' line; --log-level DEBUG still shows them
+    from reward_server.app import create_app
+    from reward_server.config import ServerConfig
+    from reward_server.serving import BackgroundServer
+    from shared.client import RewardClient
+
+    config = ServerConfig.model_validate({"rewards": {"brightness": {"type": "brightness"}}})
+    for level, shown in (("INFO", False), ("DEBUG", True)):
+        configure_logging(level, stream)
+        before = logging.getLogger("reward_server").level
+        with BackgroundServer(create_app(config)) as url, RewardClient(url) as client:
+            client.wait_until_ready()
+        assert ("loading reward brightness" in stream.getvalue()) is shown, level
+        assert logging.getLogger("reward_server").level == before  # restored afterwards
