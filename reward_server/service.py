@@ -7,9 +7,7 @@ batcher per reward) or on queue workers (the Redis backend).
 Where images are decoded: a small request (up to ``INLINE_COMPRESSED_PIXELS`` of PNG/JPEG and
 ``INLINE_RAW_PIXELS`` of raw pixels) is decoded on the event loop, alone or under load: a thread
 hop (a future, two wake-ups and a GIL hand-over) costs more than decoding a few small images
-(tiny CLIP, 64 px PNGs, alternating A/B: 1.35-1.41x the images/s at 8 callers, 1.12-1.16x at 32,
-the same at 1, against decoding on a thread whenever other requests were in flight). Larger
-images are decoded on a thread: Pillow releases the GIL while it decodes, so that overlaps with
+(see ``python -m bench.peers`` at 8 and 32 callers). Larger images are decoded on a thread: Pillow releases the GIL while it decodes, so that overlaps with
 the model and with the loop's work on other requests.
 """
 

@@ -31,12 +31,9 @@ class BackgroundServer:
     """Serve an app on a thread; ``with BackgroundServer(app) as url: ...``."""
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int | None = None, log_level: str = "warning"):
-        # the server's own INFO lines (a line per reward loaded) follow log_level too: the command
-        # that embeds the server says what it hosts; a failure to load still shows (WARNING and up)
+        self._log_level = logging.getLevelName(log_level.upper())
         self._server_log = logging.getLogger("reward_server")
         self._server_log_level = self._server_log.level
-        if not self._server_log.isEnabledFor(logging.DEBUG):
-            self._server_log.setLevel(max(logging.getLevelName(log_level.upper()), self._server_log.getEffectiveLevel()))
         self.host = host
         self.port = port or free_port(host)
         self.server = make_server(app, self.host, self.port, log_level)
@@ -47,10 +44,15 @@ class BackgroundServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> str:
+        # the server's own INFO lines (a line per reward loaded) follow log_level too: the command
+        # that embeds the server says what it hosts; a failure to load still shows (WARNING and up)
+        if not self._server_log.isEnabledFor(logging.DEBUG):
+            self._server_log.setLevel(max(self._log_level, self._server_log.getEffectiveLevel()))
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
+                self._server_log.setLevel(self._server_log_level)
                 raise RuntimeError(f"the reward server did not start on {self.url}")
             time.sleep(0.01)
         return self.url
